@@ -1,0 +1,169 @@
+"""Engines and sessions: SQLite by default, any SQLAlchemy URL (PostgreSQL) by choice.
+
+SQLite is set up for several processes writing one file: WAL journal, a busy timeout, and
+``BEGIN IMMEDIATE`` for every transaction, so two writers queue for the lock instead of one
+failing with "database is locked" halfway through.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bagbot_core.errors import ConfigurationError
+
+ENV_DATABASE_URL = "BAGBOT_DATABASE_URL"
+ENV_SQLITE_BUSY_TIMEOUT = "BAGBOT_SQLITE_BUSY_TIMEOUT_MS"
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def default_database_path() -> Path:
+    """``$XDG_DATA_HOME/bagbot/bagbot.db`` (``~/.local/share/bagbot/bagbot.db``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bagbot" / "bagbot.db"
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL to use: ``url``, else ``BAGBOT_DATABASE_URL``, else the default SQLite file."""
+    chosen = url or os.environ.get(ENV_DATABASE_URL)
+    if chosen:
+        return chosen
+    return f"sqlite:///{default_database_path()}"
+
+
+def _busy_timeout_ms() -> int:
+    raw = os.environ.get(ENV_SQLITE_BUSY_TIMEOUT)
+    if raw is None:
+        return DEFAULT_BUSY_TIMEOUT_MS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{ENV_SQLITE_BUSY_TIMEOUT}={raw!r} is not an integer") from None
+    if value < 0:
+        raise ConfigurationError(f"{ENV_SQLITE_BUSY_TIMEOUT} must be >= 0, got {value}")
+    return value
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    busy_ms = _busy_timeout_ms()
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would defer it).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _prepare_sqlite_path(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith(
+        "file:"
+    ):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
+    """A process-wide engine per URL (created once, then reused).
+
+    :param url: SQLAlchemy URL; default :func:`database_url`.
+    :param create_tables: create missing bagbot tables (idempotent) on first use.
+    """
+    resolved = database_url(url)
+    with _lock:
+        engine = _engines.get(resolved)
+        if engine is not None:
+            return engine
+        try:
+            parsed = make_url(resolved)
+        except Exception as exc:
+            raise ConfigurationError(f"invalid database URL: {exc}") from None
+        if parsed.get_backend_name() == "sqlite":
+            _prepare_sqlite_path(resolved)
+            engine = create_engine(resolved)
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(resolved, pool_pre_ping=True)
+        if create_tables:
+            init_db(engine)
+        _engines[resolved] = engine
+        return engine
+
+
+def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> AsyncEngine:
+    """An :class:`AsyncEngine` for ``url`` (``sqlite`` -> aiosqlite, ``postgresql`` -> psycopg)."""
+    parsed = make_url(database_url(url))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        _prepare_sqlite_path(str(parsed))
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_async_engine(parsed)
+    if backend == "sqlite":
+        _configure_sqlite(engine.sync_engine)
+    if create_tables:
+        # DDL runs once through the matching synchronous engine (same database, same tables).
+        sync_driver = "sqlite" if backend == "sqlite" else "postgresql+psycopg"
+        if backend in ("sqlite", "postgresql"):
+            get_engine(parsed.set(drivername=sync_driver).render_as_string(hide_password=False))
+    return engine
+
+
+def init_db(engine: Engine) -> None:
+    """Create every bagbot table that does not exist yet (orders, paper exchange)."""
+    from bagbot_core.models import Base
+    from bagbot_core.paper import models as _paper_models  # noqa: F401 - registers tables
+
+    Base.metadata.create_all(engine)
+
+
+def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+
+
+def get_db(url: str | None = None) -> Iterator[Session]:
+    """The seed's generator: ``db = next(get_db())``; closes the session when exhausted."""
+    session = session_factory(get_engine(url))()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's connections (tests, forked workers)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def sync_url(url: str) -> str:
+    """The synchronous-driver form of ``url`` (``sqlite+aiosqlite`` -> ``sqlite``)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite")
+    elif backend == "postgresql" and parsed.get_driver_name() in ("asyncpg", "psycopg_async"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)

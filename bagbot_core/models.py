@@ -1,0 +1,137 @@
+"""The ``orders`` table: the seed's columns plus what a real router needs.
+
+Quantities and prices are exact decimals on every backend: ``NUMERIC(38, 18)`` where the
+database has it, canonical decimal text on SQLite (which has no decimal type and would
+otherwise round through float). Timestamps are timezone-aware UTC everywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+from bagbot_core.money import MAX_SCALE, decimal_text, normalize
+from bagbot_core.status import OrderStatus
+from bagbot_core.views import OrderView
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Decimal stored without loss: NUMERIC(38, 18), or decimal text on SQLite."""
+
+    impl = Numeric(38, MAX_SCALE)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(48))
+        return dialect.type_descriptor(Numeric(38, MAX_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money columns take Decimal, got {type(value).__name__}")
+        return decimal_text(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return normalize(Decimal(value))
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: bagbot stores timezone-aware UTC only")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    """One ``route_order`` call. Exactly one row per call, whatever happened."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_connector_external_id", "connector", "external_id"),
+        Index("ix_orders_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    symbol: Mapped[str] = mapped_column(String(64), index=True)
+    qty: Mapped[Decimal] = mapped_column(ExactDecimal())
+    price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    side: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING.value)
+    external_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow
+    )
+    # Beyond the seed: what routing, reconciliation and the audit trail need.
+    client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    connector: Mapped[str] = mapped_column(String(64))
+    order_type: Mapped[str] = mapped_column(String(16))
+    testnet: Mapped[bool] = mapped_column(Boolean, default=True)
+    filled_qty: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
+    avg_price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    exchange_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    @property
+    def order_status(self) -> OrderStatus:
+        return OrderStatus(self.status)
+
+    def view(self) -> OrderView:
+        return OrderView(
+            id=self.id, user_id=self.user_id, connector=self.connector, symbol=self.symbol,
+            side=self.side, order_type=self.order_type, qty=self.qty, price=self.price,
+            status=OrderStatus(self.status), client_order_id=self.client_order_id,
+            external_id=self.external_id, filled_qty=self.filled_qty,
+            avg_price=self.avg_price, testnet=self.testnet, reason=self.reason,
+            details=self.details, created_at=self.created_at, updated_at=self.updated_at,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Order id={self.id} {self.connector} {self.side} {self.qty} {self.symbol} "
+            f"status={self.status} client_order_id={self.client_order_id}>"
+        )

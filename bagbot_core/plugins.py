@@ -1,0 +1,282 @@
+"""Plugin discovery and the typed facade the rest of bagbot calls hooks through.
+
+Built-in plugins (the five risk checks, the paper exchange) register exactly like installed
+ones; installed distributions are found through the ``bagbot`` entry-point group. Core code
+never calls ``pm.hook.x`` directly: :class:`PluginRegistry` has one typed method per hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import pluggy
+
+from bagbot_core import hookspecs
+from bagbot_core.connector import ConnectorSpec
+from bagbot_core.errors import (
+    BagbotError,
+    DuplicateNameError,
+    PluginError,
+    PluginLoadError,
+    UnknownConnectorError,
+)
+from bagbot_core.markers import PROJECT
+from bagbot_core.risk import RiskCheck
+
+#: The entry-point group installed plugins register under.
+ENTRY_POINT_GROUP = "bagbot"
+#: Comma-separated plugin names not to load (built-ins included).
+ENV_DISABLE = "BAGBOT_DISABLE_PLUGINS"
+#: Set to ``1`` to print every hook call and result to stderr.
+ENV_TRACE = "BAGBOT_TRACE_HOOKS"
+
+#: Built-in plugins: name -> module. Disable them like any other plugin.
+BUILTIN_PLUGINS: Mapping[str, str] = {
+    "risk": "bagbot_core.risk_checks",
+    "paper": "bagbot_core.paper.plugin",
+}
+
+
+@attrs.frozen
+class Provenance:
+    """Which distribution a plugin came from (``bagbot-core`` for built-ins)."""
+
+    plugin: str
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
+
+
+@attrs.frozen
+class PluginInfo:
+    """One loaded plugin, what it provides, and where it came from (``bagbot plugins``)."""
+
+    provenance: Provenance
+    connectors: tuple[str, ...]
+    risk_checks: tuple[str, ...]
+
+
+def disabled_from_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    raw = (os.environ if environ is None else environ).get(ENV_DISABLE, "")
+    return frozenset(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _core_version() -> str:
+    try:
+        return importlib.metadata.version("bagbot-core")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+class PluginRegistry:
+    """Owns one pluggy manager: loads plugins, and answers the core's questions.
+
+    Build one per router (or per test); there is no module-global manager.
+
+    :param disabled: plugin names not to load; ``None`` reads ``BAGBOT_DISABLE_PLUGINS``.
+    :param load_entrypoints: load installed plugins (``False`` gives built-ins only).
+    :param plugins: extra ``(name, plugin)`` pairs to register, e.g. a test's plugin object.
+    """
+
+    def __init__(
+        self,
+        *,
+        disabled: Iterable[str] | None = None,
+        load_entrypoints: bool = True,
+        plugins: Iterable[tuple[str, object]] = (),
+    ) -> None:
+        self.disabled = frozenset(disabled) if disabled is not None else disabled_from_env()
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._provenance: dict[str, Provenance] = {}
+        self._connectors: dict[str, tuple[ConnectorSpec, Provenance]] | None = None
+        self._checks: list[tuple[RiskCheck, Provenance]] | None = None
+        for name in self.disabled:
+            self.pm.set_blocked(name)
+        core = _core_version()
+        for name, module in BUILTIN_PLUGINS.items():
+            if name not in self.disabled:
+                self._register(_import(module, name, "bagbot-core"), name,
+                               Provenance(name, "bagbot-core", core))
+        if load_entrypoints:
+            self._load_entrypoints()
+        for name, plugin in plugins:
+            self.register(plugin, name)
+        if os.environ.get(ENV_TRACE) == "1":
+            self.pm.trace.root.setwriter(sys.stderr.write)
+            self.pm.enable_tracing()
+
+    # -- loading ----------------------------------------------------------------------
+
+    def _load_entrypoints(self) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self.disabled or self.pm.has_plugin(ep.name):
+                continue
+            dist = ep.dist
+            provenance = Provenance(
+                ep.name,
+                dist.metadata["Name"] if dist is not None else "<unknown distribution>",
+                dist.version if dist is not None else "?",
+            )
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginLoadError(
+                    f'Error importing bagbot plugin "{ep.name}" ({ep.value}) from '
+                    f"{provenance.distribution} {provenance.version}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self._register(plugin, ep.name, provenance)
+
+    def register(self, plugin: object, name: str, *, distribution: str = "<in-process>",
+                 version: str = "") -> None:
+        """Register a plugin object from code (tests, embedding applications)."""
+        self._register(plugin, name, Provenance(name, distribution, version))
+
+    def unregister(self, name: str) -> None:
+        """Remove a loaded plugin by name (the code-side equivalent of disabling it)."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin, name=name)
+        self._provenance.pop(name, None)
+        self._connectors = None
+        self._checks = None
+
+    def _register(self, plugin: object, name: str, provenance: Provenance) -> None:
+        if name in self.disabled:
+            return
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(f"bagbot plugin from {provenance} is invalid: {exc}") from exc
+        except ValueError as exc:  # name already registered
+            raise PluginLoadError(f"cannot register {provenance}: {exc}") from exc
+        self._provenance[name] = provenance
+        self._connectors = None
+        self._checks = None
+
+    # -- registration hooks --------------------------------------------------------------
+
+    def _collect(self, hook_name: str) -> list[tuple[Any, Provenance]]:
+        """Call a registration hook plugin by plugin, keeping who returned what."""
+        out: list[tuple[Any, Provenance]] = []
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            provenance = self._provenance.get(
+                impl.plugin_name, Provenance(impl.plugin_name, "<unknown>", "")
+            )
+            try:
+                result = impl.function()
+            except BagbotError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"{hook_name} of {provenance} raised {type(exc).__name__}: {exc}"
+                ) from exc
+            for item in result or ():
+                out.append((item, provenance))
+        return out
+
+    def connectors(self) -> dict[str, tuple[ConnectorSpec, Provenance]]:
+        """Every connector by name, with its provenance. Cached."""
+        if self._connectors is None:
+            found: dict[str, tuple[ConnectorSpec, Provenance]] = {}
+            for spec, provenance in self._collect("bagbot_add_connectors"):
+                if not isinstance(spec, ConnectorSpec):
+                    raise PluginError(
+                        f"bagbot_add_connectors of {provenance} returned "
+                        f"{type(spec).__name__}, expected ConnectorSpec"
+                    )
+                if spec.name in found:
+                    raise DuplicateNameError(
+                        f"connector {spec.name!r} is provided twice: by {found[spec.name][1]} "
+                        f"and by {provenance}; disable one with {ENV_DISABLE}"
+                    )
+                found[spec.name] = (spec, provenance)
+            self._connectors = found
+        return self._connectors
+
+    def connector_spec(self, name: str) -> ConnectorSpec:
+        """:raises UnknownConnectorError: listing the connectors that do exist."""
+        try:
+            return self.connectors()[name][0]
+        except KeyError:
+            available = ", ".join(sorted(self.connectors())) or "none"
+            raise UnknownConnectorError(
+                f"no connector named {name!r} (available: {available})"
+            ) from None
+
+    def risk_checks(self) -> list[RiskCheck]:
+        """Every risk check, in plugin registration order. Cached."""
+        return [check for check, _ in self._risk_checks_with_provenance()]
+
+    def _risk_checks_with_provenance(self) -> list[tuple[RiskCheck, Provenance]]:
+        if self._checks is None:
+            seen: dict[str, Provenance] = {}
+            checks: list[tuple[RiskCheck, Provenance]] = []
+            for check, provenance in self._collect("bagbot_add_risk_checks"):
+                if not isinstance(check, RiskCheck):
+                    raise PluginError(
+                        f"bagbot_add_risk_checks of {provenance} returned "
+                        f"{type(check).__name__}, expected RiskCheck"
+                    )
+                if check.name in seen:
+                    raise DuplicateNameError(
+                        f"risk check {check.name!r} is provided twice: by {seen[check.name]} "
+                        f"and by {provenance}"
+                    )
+                seen[check.name] = provenance
+                checks.append((check, provenance))
+            self._checks = checks
+        return self._checks
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        """What each loaded plugin provides, for ``bagbot plugins``."""
+        connectors = self.connectors()
+        checks = self._risk_checks_with_provenance()
+        infos = []
+        for name, provenance in self._provenance.items():
+            infos.append(PluginInfo(
+                provenance,
+                tuple(sorted(c for c, (_, p) in connectors.items() if p.plugin == name)),
+                tuple(check.name for check, p in checks if p.plugin == name),
+            ))
+        return infos
+
+    # -- notification hooks --------------------------------------------------------------
+
+    def notify(self, hook_name: str, **kwargs: Any) -> list[tuple[str, BaseException]]:
+        """Call a notification hook on every plugin; failures are returned, not raised.
+
+        Each implementation is called on its own, so one failing plugin does not stop the
+        others from being told.
+        """
+        failures: list[tuple[str, BaseException]] = []
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+            args = {name: kwargs[name] for name in impl.argnames}
+            try:
+                impl.function(**args)
+            except Exception as exc:  # noqa: BLE001 - reported by the caller as an audit event
+                failures.append((impl.plugin_name, exc))
+        return failures
+
+
+def _import(module: str, name: str, distribution: str) -> object:
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:
+        raise PluginLoadError(
+            f'Error importing bagbot plugin "{name}" ({module}) from {distribution}: '
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+

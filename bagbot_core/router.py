@@ -1,0 +1,625 @@
+"""``route_order`` and the order operations that follow it (sync, cancel, reconcile).
+
+The flow, and why it is ordered this way:
+
+1. validate the payload (nothing untrusted goes further);
+2. load the connector, its cached markets and -- for market orders -- a reference quote;
+3. run every risk check (all violations collected), round to the market, check again;
+4. write a ``pending`` row with a fresh ``client_order_id`` and **commit** -- the order
+   exists in our database before it can exist on the exchange;
+5. send it, tagged with that client order id;
+6. record the exchange's answer and commit.
+
+A definite refusal at any step leaves a ``rejected`` row and raises. A failure after step 5
+started -- timeout, dropped connection, crash -- leaves ``pending``/``unknown``, never
+``rejected``: the exchange may have the order, and :meth:`Router.reconcile` asks it by
+client order id. Nothing is ever resent automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy import inspect as sa_inspect
+
+from bagbot_core import audit, store
+from bagbot_core.connector import Connector, ConnectorSettings
+from bagbot_core.errors import (
+    BagbotError,
+    ConfigurationError,
+    ExchangeError,
+    ExchangeOrderNotFoundError,
+    ExchangeRejectedError,
+    ExchangeUnavailableError,
+    LiveTradingNotAllowedError,
+    OrderStatusUnknownError,
+    OrderValidationError,
+    RiskCheckError,
+)
+from bagbot_core.models import Order, utcnow
+from bagbot_core.money import decimal_text
+from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Quote
+from bagbot_core.payload import parse_order_payload
+from bagbot_core.plugins import PluginRegistry
+from bagbot_core.risk import RiskContext, RiskLimits, RiskViolation, run_checks
+from bagbot_core.status import OrderStatus
+
+ENV_ALLOW_LIVE = "BAGBOT_ALLOW_LIVE"
+#: How long a ``pending``/``unknown`` row must be old before reconcile may call it lost.
+DEFAULT_RECONCILE_GRACE = dt.timedelta(seconds=60)
+
+T = TypeVar("T")
+
+
+def new_client_order_id() -> str:
+    """34 characters, ``[a-z0-9]``: unique across processes, valid on every exchange."""
+    return "bb" + uuid.uuid4().hex
+
+
+def live_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    value = (os.environ if environ is None else environ).get(ENV_ALLOW_LIVE, "")
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+class _Db:
+    """Runs the synchronous :mod:`bagbot_core.store` functions on a Session or AsyncSession."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.is_async = hasattr(db, "run_sync")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self.is_async:
+            return fn(self.db, *args, **kwargs)
+
+        def call(session: Any) -> T:
+            result = fn(session, *args, **kwargs)
+            for item in result if isinstance(result, list) else [result]:
+                if isinstance(item, Order) and sa_inspect(item).expired_attributes:
+                    session.refresh(item)
+            return result
+
+        return await self.db.run_sync(call)  # type: ignore[no-any-return]
+
+    def url(self) -> str | None:
+        bind = self.db.get_bind() if not self.is_async else self.db.bind
+        if bind is None:
+            return None
+        from bagbot_core.db import sync_url
+
+        return sync_url(bind.url.render_as_string(hide_password=False))
+
+
+def _clip(value: object, size: int) -> str:
+    return value[:size] if isinstance(value, str) else ""
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple | set):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class Router:
+    """Composes the registry's risk checks and connectors; owns the connector cache.
+
+    One router per process (or per test) is the intended use: it keeps one connector --
+    one exchange client, one markets cache -- per (connector, testnet, config) and reuses
+    it for every order. Call :meth:`aclose` at shutdown.
+
+    :param registry: plugins to use; default discovers installed ones.
+    :param limits: built-in risk limits; default reads the environment.
+    :param connector_config: per-connector configuration passed to factories, e.g.
+        ``{"binance": {"api_url": "http://127.0.0.1:8123"}}``.
+    :param allow_live: allow ``testnet=False``; default reads ``BAGBOT_ALLOW_LIVE``. Both
+        the caller's ``testnet=False`` and this are needed before a live order is sent.
+    :param reconcile_grace: how old an unresolved row must be before reconcile may
+        declare an order the exchange does not know ``rejected``.
+    """
+
+    def __init__(
+        self,
+        registry: PluginRegistry | None = None,
+        *,
+        limits: RiskLimits | None = None,
+        connector_config: Mapping[str, Mapping[str, Any]] | None = None,
+        allow_live: bool | None = None,
+        reconcile_grace: dt.timedelta = DEFAULT_RECONCILE_GRACE,
+    ) -> None:
+        self.registry = registry if registry is not None else PluginRegistry()
+        self.limits = limits if limits is not None else RiskLimits.from_env()
+        self.connector_config = {k: dict(v) for k, v in (connector_config or {}).items()}
+        self._allow_live = allow_live
+        self.reconcile_grace = reconcile_grace
+        self._connectors: dict[tuple[Any, ...], Connector] = {}
+        self._connector_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def allow_live(self) -> bool:
+        return live_allowed() if self._allow_live is None else self._allow_live
+
+    # -- connectors ---------------------------------------------------------------------
+
+    async def get_connector(
+        self, name: str, *, testnet: bool = True, database_url: str | None = None
+    ) -> Connector:
+        """The cached connector for (name, testnet, config), created on first use.
+
+        :raises UnknownConnectorError: no plugin provides ``name``.
+        :raises LiveTradingNotAllowedError: ``testnet=False`` without the live opt-in.
+        :raises ConfigurationError: the connector's factory refused its configuration.
+        """
+        if not testnet and not self.allow_live:
+            raise LiveTradingNotAllowedError(
+                f"live trading on {name!r} needs testnet=False and {ENV_ALLOW_LIVE}=1 in the "
+                "environment; nothing was sent"
+            )
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # clients are bound to the loop that created them
+            self._connectors.clear()
+            self._connector_locks.clear()
+            self._loop = loop
+        config = self.connector_config.get(name, {})
+        key = (name, testnet, _freeze(config), database_url)
+        connector = self._connectors.get(key)
+        if connector is not None:
+            return connector
+        lock = self._connector_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            connector = self._connectors.get(key)
+            if connector is None:
+                spec = self.registry.connector_spec(name)
+                settings = ConnectorSettings(
+                    testnet=testnet, config=config, database_url=database_url
+                )
+                try:
+                    connector = spec.factory(settings)
+                except BagbotError:
+                    raise
+                except Exception as exc:
+                    raise ConfigurationError(
+                        f"connector {name!r} could not be created: {type(exc).__name__}: "
+                        f"{audit.redact_text(str(exc))}"
+                    ) from exc
+                if not connector.name:
+                    connector.name = name
+                self._connectors[key] = connector
+        return connector
+
+    async def aclose(self) -> None:
+        """Close every cached connector (exchange sessions, sockets)."""
+        connectors, self._connectors = list(self._connectors.values()), {}
+        for connector in connectors:
+            try:
+                await connector.close()
+            except Exception as exc:  # noqa: BLE001 - shutdown must close the rest
+                audit.get_logger().warning("connector_close_failed", connector=connector.name,
+                                           error=exc)
+
+    # -- notifications ------------------------------------------------------------------
+
+    def _notify(self, log: Any, hook: str, **kwargs: Any) -> None:
+        for plugin, exc in self.registry.notify(hook, **kwargs):
+            log.error("hook_failed", hook=hook, plugin=plugin, error=exc)
+
+    async def _status_changed(self, log: Any, order: Order, old: OrderStatus) -> None:
+        new = OrderStatus(order.status)
+        if new != old:
+            log.info("status_changed", order_id=order.id, old=old.value, new=new.value)
+            self._notify(log, "bagbot_order_status_changed", order=order.view(), old=old,
+                         new=new)
+
+    # -- routing ------------------------------------------------------------------------
+
+    async def route_order(
+        self,
+        connector_name: str,
+        order_payload: Mapping[str, Any],
+        db: Any,
+        user_id: str,
+        testnet: bool = True,
+    ) -> Order:
+        """Validate, risk-check, persist and send one order; return its committed row.
+
+        See the module docstring for the flow. ``db`` is a SQLAlchemy ``Session`` or
+        ``AsyncSession``; the call commits it. Exactly one row is left per call (the
+        exceptions: no valid ``user_id``, or the database itself failing).
+
+        :raises OrderValidationError: bad payload / user id / reused idempotency key.
+        :raises RiskCheckError: one or more checks refused; ``.violations`` lists them.
+        :raises ExchangeRejectedError: the market or the exchange refused the order.
+        :raises OrderStatusUnknownError: the order may be on the exchange; reconcile it.
+        :raises LiveTradingNotAllowedError, UnknownConnectorError, ConfigurationError:
+            nothing was sent.
+        """
+        runner = _Db(db)
+        log = audit.get_logger(user_id=user_id if isinstance(user_id, str) else repr(user_id),
+                               connector=connector_name, testnet=testnet)
+        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128:
+            error = OrderValidationError("user_id must be a non-empty string of at most 128 "
+                                         "characters")
+            log.warning("order_invalid", reason=str(error))
+            self._notify(log, "bagbot_on_route_error", order=None, error=error)
+            raise error
+        if not isinstance(connector_name, str) or not connector_name:
+            connector_name = str(connector_name)[:64]
+
+        payload_for_row = order_payload if isinstance(order_payload, Mapping) else {}
+        log = log.bind(symbol=_clip(payload_for_row.get("symbol"), 64))
+        log.info("order_received")
+        try:
+            request = parse_order_payload(order_payload)
+        except OrderValidationError as error:
+            await self._reject_unparsed(runner, log, connector_name, user_id, testnet,
+                                        payload_for_row, error)
+            raise
+
+        if request.client_order_id is not None:
+            existing = await runner.run(store.get_by_client_order_id, request.client_order_id)
+            if existing is not None:
+                return await self._idempotent_replay(runner, log, existing, connector_name,
+                                                     user_id, request, testnet)
+
+        client_order_id = request.client_order_id or new_client_order_id()
+        log = log.bind(client_order_id=client_order_id)
+        row = {
+            "user_id": user_id, "connector": connector_name, "symbol": request.symbol,
+            "side": request.side.value, "order_type": request.type.value,
+            "qty": request.amount, "price": request.price, "testnet": testnet,
+            "client_order_id": client_order_id,
+        }
+
+        try:
+            connector = await self.get_connector(
+                connector_name, testnet=testnet, database_url=runner.url()
+            )
+            self._notify(log, "bagbot_before_route", connector=connector_name,
+                         user_id=user_id, order=request)
+            prepared = await self._check(connector, log, connector_name, user_id, request)
+        except (BagbotError, Exception) as error:
+            bagbot_error = error if isinstance(error, BagbotError) else ExchangeUnavailableError(
+                f"{connector_name}: {type(error).__name__}: {audit.redact_text(str(error))}"
+            )
+            return await self._reject_before_send(runner, log, row, bagbot_error, error)
+
+        row.update(qty=prepared.amount, price=prepared.price)
+        try:
+            order = await runner.run(store.insert_order, status=OrderStatus.PENDING.value, **row)
+        except store.ClientOrderIdTaken:
+            # A concurrent call with the same idempotency key won the insert.
+            existing = await runner.run(store.get_by_client_order_id, client_order_id)
+            assert existing is not None
+            return await self._idempotent_replay(runner, log, existing, connector_name,
+                                                 user_id, request, testnet)
+        log = log.bind(order_id=order.id)
+        log.info("pending_written")
+        return await self._submit(runner, log, connector, order, prepared)
+
+    async def _check(
+        self, connector: Connector, log: Any, connector_name: str, user_id: str,
+        request: OrderRequest,
+    ) -> OrderRequest:
+        """Markets, quote, risk checks, market rounding; returns the order to send."""
+        try:
+            markets = await connector.load_markets()
+        except ExchangeError:
+            raise
+        market = markets.get(request.symbol)
+        quote: Quote | None = None
+        if request.type is OrderType.MARKET and market is not None and market.active:
+            try:
+                quote = await connector.fetch_quote(request.symbol)
+            except ExchangeError as exc:  # the max-value check then fails closed
+                log.warning("quote_unavailable", error=exc)
+        checks = self.registry.risk_checks()
+        context = RiskContext(order=request, connector=connector_name, user_id=user_id,
+                              limits=self.limits, markets=markets, quote=quote)
+        violations = run_checks(checks, context)
+        self._log_risk(log, checks, violations)
+        if violations:
+            raise RiskCheckError(violations)
+        if market is None:  # only reachable when valid_symbol is disabled
+            raise ExchangeRejectedError(f"{request.symbol} is not a market on {connector_name}")
+        prepared = connector.prepare_order(request, market, context.reference_price)
+        if prepared != request:
+            log.info("order_rounded", amount=decimal_text(prepared.amount),
+                     price=decimal_text(prepared.price))
+            again = run_checks(checks, RiskContext(
+                order=prepared, connector=connector_name, user_id=user_id,
+                limits=self.limits, markets=markets, quote=quote))
+            if again:
+                self._log_risk(log, checks, again)
+                raise RiskCheckError(again)
+        return prepared
+
+    @staticmethod
+    def _log_risk(log: Any, checks: Any, violations: list[RiskViolation]) -> None:
+        failed = {v.check: v for v in violations}
+        for check in checks:
+            violation = failed.get(check.name)
+            if violation is None:
+                log.info("risk_check", check=check.name, passed=True)
+            else:
+                log.warning("risk_check", check=check.name, passed=False,
+                            reason=violation.reason, limit=violation.limit,
+                            actual=violation.actual)
+        for violation in violations:
+            if violation.check not in {c.name for c in checks}:
+                log.warning("risk_check", check=violation.check, passed=False,
+                            reason=violation.reason)
+
+    async def _submit(
+        self, runner: _Db, log: Any, connector: Connector, order: Order, request: OrderRequest
+    ) -> Order:
+        log.info("submitted")
+        try:
+            state = await connector.create_order(request, order.client_order_id)
+        except ExchangeRejectedError as error:
+            message = audit.redact_text(str(error))
+            await runner.run(store.set_status, order, OrderStatus.REJECTED, reason=message)
+            log.warning("rejected", stage="exchange", reason=message)
+            await self._status_changed(log, order, OrderStatus.PENDING)
+            return self._fail(log, order, error)
+        except BaseException as error:
+            # Timeout, dropped connection, crash in the connector, cancellation: the
+            # exchange may have the order. Record unknown, never rejected; never resend.
+            reason = (f"no definite answer from the exchange ({type(error).__name__}: "
+                      f"{audit.redact_text(str(error))}); reconcile will resolve it")
+            await asyncio.shield(runner.run(store.set_status, order, OrderStatus.UNKNOWN,
+                                            reason=reason))
+            log.error("unknown", reason=reason)
+            await self._status_changed(log, order, OrderStatus.PENDING)
+            if not isinstance(error, Exception):
+                raise  # cancellation / interpreter exit: the row is already unknown
+            unknown = OrderStatusUnknownError(
+                f"order {order.client_order_id} may have reached {order.connector}: {reason}; "
+                "do not resend, run reconcile"
+            )
+            unknown.__cause__ = error
+            return self._fail(log, order, unknown)
+
+        log.info("exchange_answered", status=state.status.value, external_id=state.external_id,
+                 exchange_status=state.raw_status, filled=decimal_text(state.filled_qty))
+        try:
+            old = await runner.run(store.apply_exchange_state, order, state)
+        except Exception as error:
+            # The exchange has the order but we could not record its answer: the row stays
+            # pending and reconcile will fetch it.
+            log.error("persist_failed", error=error)
+            unknown = OrderStatusUnknownError(
+                f"order {order.client_order_id} was accepted by {order.connector} as "
+                f"{state.external_id} but its state could not be recorded; run reconcile"
+            )
+            unknown.__cause__ = error
+            raise unknown from error
+        log.info("persisted", status=order.status)
+        await self._status_changed(log, order, old)
+        if order.status == OrderStatus.REJECTED:
+            return self._fail(log, order, ExchangeRejectedError(
+                state.reason or f"{order.connector} rejected the order ({state.raw_status})"))
+        self._notify(log, "bagbot_after_route", order=order.view())
+        return order
+
+    def _fail(self, log: Any, order: Order | None, error: BagbotError) -> Any:
+        error.order = order
+        self._notify(log, "bagbot_on_route_error", order=order.view() if order else None,
+                     error=error)
+        raise error
+
+    async def _reject_before_send(
+        self, runner: _Db, log: Any, row: dict[str, Any], error: BagbotError,
+        original: BaseException,
+    ) -> Order:
+        details: dict[str, Any] = {"stage": "pre-trade", "error": type(error).__name__}
+        if isinstance(error, RiskCheckError):
+            details["violations"] = [v.as_dict() for v in error.violations]
+        reason = audit.redact_text(str(error))
+        try:
+            order = await runner.run(store.insert_order, status=OrderStatus.REJECTED.value,
+                                     reason=reason, details=details, **row)
+        except store.ClientOrderIdTaken:
+            row["client_order_id"] = new_client_order_id()
+            details["requested_client_order_id"] = row["client_order_id"]
+            order = await runner.run(store.insert_order, status=OrderStatus.REJECTED.value,
+                                     reason=reason, details=details, **row)
+        log.bind(order_id=order.id).warning("rejected", stage="pre-trade", reason=reason,
+                                            error=type(error).__name__)
+        if error is not original:
+            error.__cause__ = original
+        return self._fail(log, order, error)  # type: ignore[no-any-return]
+
+    async def _reject_unparsed(
+        self, runner: _Db, log: Any, connector_name: str, user_id: str, testnet: bool,
+        payload: Mapping[str, Any], error: OrderValidationError,
+    ) -> None:
+        raw = {str(k)[:40]: audit.redact_text(repr(v))[:200] for k, v in list(payload.items())[:20]}
+        order = await runner.run(
+            store.insert_order,
+            user_id=user_id, connector=connector_name[:64],
+            symbol=_clip(payload.get("symbol"), 64), side=_clip(payload.get("side"), 16),
+            order_type=_clip(payload.get("type"), 16), qty=_zero(), price=None,
+            testnet=testnet, client_order_id=new_client_order_id(),
+            status=OrderStatus.REJECTED.value, reason=str(error),
+            details={"stage": "validation", "error": type(error).__name__, "payload": raw},
+        )
+        error.order = order
+        log.bind(order_id=order.id, client_order_id=order.client_order_id).warning(
+            "rejected", stage="validation", reason=str(error))
+        self._notify(log, "bagbot_on_route_error", order=order.view(), error=error)
+
+    async def _idempotent_replay(
+        self, runner: _Db, log: Any, existing: Order, connector_name: str, user_id: str,
+        request: OrderRequest, testnet: bool,
+    ) -> Order:
+        """Same idempotency key again: return the first order, never place a second."""
+        same = (
+            existing.user_id == user_id and existing.connector == connector_name
+            and existing.symbol == request.symbol and existing.side == request.side.value
+            and existing.order_type == request.type.value and existing.testnet == testnet
+        )
+        log = log.bind(client_order_id=existing.client_order_id, order_id=existing.id)
+        if not same:
+            error = OrderValidationError(
+                f"client_order_id {existing.client_order_id!r} is already used by order "
+                f"{existing.id} with different parameters"
+            )
+            log.warning("rejected", stage="idempotency", reason=str(error))
+            self._notify(log, "bagbot_on_route_error", order=None, error=error)
+            raise error
+        log.info("idempotent_replay", status=existing.status)
+        if existing.status == OrderStatus.REJECTED:
+            return self._fail(log, existing, ExchangeRejectedError(
+                existing.reason or "order was rejected"))  # type: ignore[no-any-return]
+        return existing
+
+    # -- after routing ------------------------------------------------------------------
+
+    async def _connector_for(self, runner: _Db, order: Order) -> Connector:
+        return await self.get_connector(order.connector, testnet=order.testnet,
+                                        database_url=runner.url())
+
+    async def sync_order(self, db: Any, order: Order | int) -> Order:
+        """Fetch ``order`` from its exchange and record its status and fills.
+
+        :raises ExchangeOrderNotFoundError: the exchange does not know it (row unchanged).
+        :raises ExchangeUnavailableError: could not ask (row unchanged; safe to retry).
+        """
+        runner = _Db(db)
+        if isinstance(order, int):
+            order = await runner.run(store.get_order, order)
+        log = self._order_log(order)
+        connector = await self._connector_for(runner, order)
+        state = await connector.fetch_order(order.symbol, external_id=order.external_id,
+                                            client_order_id=order.client_order_id)
+        return await self._record(runner, log, order, state, "synced")
+
+    async def cancel_order(self, db: Any, order: Order | int) -> Order:
+        """Cancel ``order`` on its exchange and record the result.
+
+        :raises ExchangeRejectedError: the exchange refused (e.g. already filled).
+        """
+        runner = _Db(db)
+        if isinstance(order, int):
+            order = await runner.run(store.get_order, order)
+        log = self._order_log(order)
+        if OrderStatus(order.status).is_terminal:
+            raise ExchangeRejectedError(
+                f"order {order.id} is {order.status}: there is nothing to cancel"
+            )
+        connector = await self._connector_for(runner, order)
+        log.info("cancel_requested")
+        state = await connector.cancel_order(order.symbol, external_id=order.external_id,
+                                             client_order_id=order.client_order_id)
+        return await self._record(runner, log, order, state, "canceled")
+
+    async def reconcile(
+        self, db: Any, connector: str, *, grace: dt.timedelta | None = None
+    ) -> list[Order]:
+        """Resolve every ``pending``/``unknown`` row of ``connector`` by client order id.
+
+        Found on the exchange: the row takes the exchange's status. Not found and older
+        than ``grace`` (default the router's ``reconcile_grace``, longer than any exchange
+        accepts a delayed request): ``rejected``, "never reached the exchange". Younger
+        rows are left alone -- they may be in flight in another process.
+
+        :return: the rows that changed.
+        """
+        runner = _Db(db)
+        horizon = utcnow() - (self.reconcile_grace if grace is None else grace)
+        rows = await runner.run(store.pending_or_unknown, connector)
+        changed: list[Order] = []
+        for order in rows:
+            log = self._order_log(order)
+            conn = await self._connector_for(runner, order)
+            try:
+                state = await conn.fetch_order(order.symbol, external_id=order.external_id,
+                                               client_order_id=order.client_order_id)
+            except ExchangeOrderNotFoundError:
+                if order.created_at > horizon:
+                    log.info("reconcile_deferred", reason="not on the exchange yet; too young")
+                    continue
+                old = await runner.run(
+                    store.set_status, order, OrderStatus.REJECTED,
+                    reason="never reached the exchange (not found by client order id during "
+                           "reconcile)")
+                log.warning("reconciled", status=order.status)
+                await self._status_changed(log, order, old)
+                changed.append(order)
+                continue
+            except ExchangeUnavailableError as exc:
+                log.warning("reconcile_failed", error=exc)
+                continue
+            await self._record(runner, log, order, state, "reconciled")
+            changed.append(order)
+        return changed
+
+    async def _record(
+        self, runner: _Db, log: Any, order: Order, state: ExchangeOrder, event: str
+    ) -> Order:
+        old = await runner.run(store.apply_exchange_state, order, state)
+        log.info(event, status=order.status, exchange_status=state.raw_status,
+                 filled=decimal_text(order.filled_qty))
+        await self._status_changed(log, order, old)
+        return order
+
+    @staticmethod
+    def _order_log(order: Order) -> Any:
+        return audit.get_logger(user_id=order.user_id, connector=order.connector,
+                                symbol=order.symbol, client_order_id=order.client_order_id,
+                                order_id=order.id, testnet=order.testnet)
+
+
+def _zero() -> Any:
+    from decimal import Decimal
+
+    return Decimal(0)
+
+
+# -- the module-level API (a process-wide default router) --------------------------------
+
+_default_router: Router | None = None
+
+
+def get_router() -> Router:
+    """The process-wide router behind the module-level functions, built on first use."""
+    global _default_router
+    if _default_router is None:
+        _default_router = Router()
+    return _default_router
+
+
+def set_router(router: Router | None) -> None:
+    """Replace (or with ``None`` drop) the process-wide router; tests and apps use this."""
+    global _default_router
+    _default_router = router
+
+
+async def route_order(
+    connector_name: str,
+    order_payload: Mapping[str, Any],
+    db: Any,
+    user_id: str,
+    testnet: bool = True,
+) -> Order:
+    """Route one order through the default router. See :meth:`Router.route_order`."""
+    return await get_router().route_order(connector_name, order_payload, db, user_id, testnet)
+
+
+async def sync_order(db: Any, order: Order | int) -> Order:
+    return await get_router().sync_order(db, order)
+
+
+async def cancel_order(db: Any, order: Order | int) -> Order:
+    return await get_router().cancel_order(db, order)
+
+
+async def reconcile(db: Any, connector: str, *, grace: dt.timedelta | None = None) -> list[Order]:
+    return await get_router().reconcile(db, connector, grace=grace)
