@@ -82,7 +82,7 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
 def _choose_stream() -> TextIO:
     path = os.environ.get(ENV_LOG_FILE)
     if path:
-        return open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives with the process
+        return open(path, "a", encoding="utf-8", buffering=1)
     return sys.stderr
 
 

@@ -64,7 +64,9 @@ def parse_order_payload(payload: object) -> OrderRequest:
     try:
         side = Side(side_text)
     except ValueError:
-        raise OrderValidationError(f"side must be 'buy' or 'sell', got {side_text[:20]!r}") from None
+        raise OrderValidationError(
+            f"side must be 'buy' or 'sell', got {side_text[:20]!r}"
+        ) from None
     type_text = _text(payload, "type").strip().lower()
     try:
         order_type = OrderType(type_text)

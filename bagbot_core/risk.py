@@ -132,7 +132,7 @@ def run_checks(checks: Sequence[RiskCheck], context: RiskContext) -> list[RiskVi
     for check in checks:
         try:
             result = check.check(context)
-        except Exception as exc:  # noqa: BLE001 - a broken check must reject, not crash
+        except Exception as exc:
             violations.append(
                 RiskViolation(check.name, f"check raised {type(exc).__name__}: {exc}")
             )
@@ -142,10 +142,7 @@ def run_checks(checks: Sequence[RiskCheck], context: RiskContext) -> list[RiskVi
         if isinstance(result, RiskViolation):
             violations.append(result)
             continue
-        try:
-            items = list(result)
-        except TypeError:
-            items = [result]
+        items: list[object] = list(result) if isinstance(result, Iterable) else [result]
         for item in items:
             if isinstance(item, RiskViolation):
                 violations.append(item)

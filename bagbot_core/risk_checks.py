@@ -53,8 +53,12 @@ def max_value(ctx: RiskContext) -> RiskViolation | None:
     return None
 
 
+_SIDES = frozenset(side.value for side in Side)
+
+
 def valid_side(ctx: RiskContext) -> RiskViolation | None:
-    if ctx.order.side not in (Side.BUY, Side.SELL):
+    # Payload parsing already refuses other sides; this guards orders built in code.
+    if str(ctx.order.side) not in _SIDES:
         return RiskViolation("valid_side", f"side must be buy or sell, got {ctx.order.side!r}",
                              actual=str(ctx.order.side))
     return None

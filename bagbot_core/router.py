@@ -23,7 +23,7 @@ import datetime as dt
 import os
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import inspect as sa_inspect
 
@@ -200,7 +200,7 @@ class Router:
         for connector in connectors:
             try:
                 await connector.close()
-            except Exception as exc:  # noqa: BLE001 - shutdown must close the rest
+            except Exception as exc:
                 audit.get_logger().warning("connector_close_failed", connector=connector.name,
                                            error=exc)
 
@@ -367,7 +367,7 @@ class Router:
             await runner.run(store.set_status, order, OrderStatus.REJECTED, reason=message)
             log.warning("rejected", stage="exchange", reason=message)
             await self._status_changed(log, order, OrderStatus.PENDING)
-            return self._fail(log, order, error)
+            self._fail(log, order, error)
         except BaseException as error:
             # Timeout, dropped connection, crash in the connector, cancellation: the
             # exchange may have the order. Record unknown, never rejected; never resend.
@@ -384,7 +384,7 @@ class Router:
                 "do not resend, run reconcile"
             )
             unknown.__cause__ = error
-            return self._fail(log, order, unknown)
+            self._fail(log, order, unknown)
 
         log.info("exchange_answered", status=state.status.value, external_id=state.external_id,
                  exchange_status=state.raw_status, filled=decimal_text(state.filled_qty))
@@ -403,12 +403,12 @@ class Router:
         log.info("persisted", status=order.status)
         await self._status_changed(log, order, old)
         if order.status == OrderStatus.REJECTED:
-            return self._fail(log, order, ExchangeRejectedError(
+            self._fail(log, order, ExchangeRejectedError(
                 state.reason or f"{order.connector} rejected the order ({state.raw_status})"))
         self._notify(log, "bagbot_after_route", order=order.view())
         return order
 
-    def _fail(self, log: Any, order: Order | None, error: BagbotError) -> Any:
+    def _fail(self, log: Any, order: Order | None, error: BagbotError) -> NoReturn:
         error.order = order
         self._notify(log, "bagbot_on_route_error", order=order.view() if order else None,
                      error=error)
@@ -434,7 +434,7 @@ class Router:
                                             error=type(error).__name__)
         if error is not original:
             error.__cause__ = original
-        return self._fail(log, order, error)  # type: ignore[no-any-return]
+        self._fail(log, order, error)
 
     async def _reject_unparsed(
         self, runner: _Db, log: Any, connector_name: str, user_id: str, testnet: bool,
@@ -476,8 +476,8 @@ class Router:
             raise error
         log.info("idempotent_replay", status=existing.status)
         if existing.status == OrderStatus.REJECTED:
-            return self._fail(log, existing, ExchangeRejectedError(
-                existing.reason or "order was rejected"))  # type: ignore[no-any-return]
+            self._fail(log, existing, ExchangeRejectedError(
+                existing.reason or "order was rejected"))
         return existing
 
     # -- after routing ------------------------------------------------------------------

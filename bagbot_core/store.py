@@ -24,7 +24,7 @@ from bagbot_core.status import OrderStatus, check_transition
 MAX_PAGE = 1000
 
 
-class ClientOrderIdTaken(Exception):  # noqa: N818 - internal signal, never leaves bagbot
+class ClientOrderIdTaken(Exception):
     """The unique ``client_order_id`` already has a row (a concurrent or repeated call)."""
 
 
