@@ -79,7 +79,10 @@ class _Db:
 
         def call(session: Any) -> T:
             result = fn(session, *args, **kwargs)
-            for item in result if isinstance(result, list) else [result]:
+            # Load what the commit expired while still inside the greenlet: plain attribute
+            # access on an expired row outside it would fail.
+            touched = [*args, *(result if isinstance(result, list) else [result])]
+            for item in touched:
                 if isinstance(item, Order) and sa_inspect(item).expired_attributes:
                     session.refresh(item)
             return result

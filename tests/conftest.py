@@ -1,0 +1,99 @@
+"""Shared fixtures: real databases (SQLite files, the PostgreSQL server) and routers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from bagbot_core.db import dispose_engines, get_engine, session_factory
+from bagbot_core.models import Base
+from bagbot_core.plugins import PluginRegistry
+from bagbot_core.risk import RiskLimits
+from bagbot_core.router import Router, set_router
+from tests.scripted import ScriptedExchange, scripted_plugin
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_base_url() -> str:
+    return os.environ.get("BAGBOT_TEST_POSTGRES_URL", DEFAULT_PG)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A URL into a fresh schema of the PostgreSQL server, dropped after the run.
+
+    Skips (visibly) when no server answers, unless ``BAGBOT_REQUIRE_POSTGRES=1`` -- CI sets
+    it, so there the skip becomes a failure.
+    """
+    base = _postgres_base_url()
+    try:
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        reason = f"PostgreSQL not reachable at {base}: {type(exc).__name__}: {exc}"
+        if os.environ.get("BAGBOT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + " (BAGBOT_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    schema = f"bagbot_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path}/bagbot.db"
+    dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs on a SQLite file and on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    url = str(request.getfixturevalue("postgres_url"))
+    engine = get_engine(url)
+    with engine.begin() as conn:  # a clean slate per test in the shared schema
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    return url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Session]:
+    session = session_factory(get_engine(db_url))()
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def exchange() -> ScriptedExchange:
+    return ScriptedExchange()
+
+
+@pytest.fixture
+def registry(exchange: ScriptedExchange) -> PluginRegistry:
+    return PluginRegistry(disabled=(), load_entrypoints=False,
+                          plugins=[("scripted", scripted_plugin(exchange))])
+
+
+@pytest.fixture
+async def router(registry: PluginRegistry) -> object:
+    r = Router(registry, limits=RiskLimits(), allow_live=False)
+    set_router(r)
+    yield r
+    set_router(None)
+    await r.aclose()
