@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,11 @@ from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router, set_router
 from tests.scripted import ScriptedExchange, scripted_plugin
+
+# Shared CI machines are noisy: no per-example deadline; failures print a reproduction blob.
+settings.register_profile("bagbot", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("BAGBOT_HYPOTHESIS_PROFILE", "bagbot"))
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
