@@ -1,0 +1,1 @@
+"""Test helpers for bagbot and its plugins: fake exchanges and the connector conformance suite."""

@@ -1,0 +1,296 @@
+"""The Binance spot connector (``ccxt.async_support.binance``).
+
+Importing this module does not import ccxt; the exchange object is built on first use.
+
+Configuration (``ConnectorSettings.config``, environment variable as fallback):
+
+==================== ================================ =========================================
+key                  environment                      meaning
+==================== ================================ =========================================
+``api_key``          ``BAGBOT_BINANCE_API_KEY``       API key (required)
+``api_secret``       ``BAGBOT_BINANCE_API_SECRET``    API secret (required)
+``api_url``          ``BAGBOT_BINANCE_API_URL``       base URL replacing the host of every
+                                                      endpoint (paths kept); default: the
+                                                      official testnet or production host
+``enable_rate_limit``                                 ccxt's client-side limiter; keep it on
+                                                      (default) against Binance, off for fakes
+``timeout``                                           seconds per request (default 10)
+``quote_max_age``                                     seconds a bid/ask is reused (default 2)
+``rate_limit_backoff``                                pause after a 429/418 without
+                                                      ``Retry-After`` (default 1 s)
+==================== ================================ =========================================
+
+Testnet (``ConnectorSettings.testnet=True``, the default) calls ccxt's
+``set_sandbox_mode(True)`` before any URL override; live trading is used only when
+``testnet`` is False, which the router allows only with the environment opt-in.
+
+Spot only: markets load with ``fetchMarkets.types = ["spot"]`` and without currencies or
+margin data -- one ``GET /api/v3/exchangeInfo``. Quotes come from
+``GET /api/v3/ticker/bookTicker`` (best bid/ask only; weight 2), not the 24 h ticker.
+Fills are read from Binance's raw JSON (``executedQty``, ``cummulativeQuoteQty``, ``fills``)
+as :class:`~decimal.Decimal`, never from ccxt's floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from bagbot_core.ccxt_support import (
+    CcxtConnector,
+    average_price,
+    classify_ccxt_error,
+    decimal_or_none,
+    exchange_message,
+    scrub_secrets,
+)
+from bagbot_core.connector import Capabilities, ConnectorSettings
+from bagbot_core.errors import BagbotError, ConfigurationError, ExchangeRejectedError
+from bagbot_core.orders import ExchangeOrder, Quote
+from bagbot_core.secrets import Secret
+from bagbot_core.status import OrderStatus
+
+__all__ = ["BinanceConnector", "map_status"]
+
+ENV_API_KEY = "BAGBOT_BINANCE_API_KEY"
+ENV_API_SECRET = "BAGBOT_BINANCE_API_SECRET"  # noqa: S105 - a variable name, not a secret
+ENV_API_URL = "BAGBOT_BINANCE_API_URL"
+
+PRODUCTION_URL = "https://api.binance.com"
+TESTNET_URL = "https://testnet.binance.vision"
+
+#: Binance order status -> bagbot status (before the partial-fill adjustments).
+STATUS_MAP: Mapping[str, OrderStatus] = {
+    "NEW": OrderStatus.OPEN,
+    "PENDING_NEW": OrderStatus.OPEN,
+    "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELED": OrderStatus.CANCELED,
+    "PENDING_CANCEL": OrderStatus.OPEN,
+    "REJECTED": OrderStatus.REJECTED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
+}
+
+#: Binance codes that are a definite "no" whatever ccxt made of them. -2015 becomes
+#: ``DDoSProtection`` in ccxt once a private call succeeded on the instance (Binance also
+#: sends it during temporary bans); either way the request was refused, nothing was placed.
+_REJECT_CODES = frozenset({-2015, -2014, -1022})
+
+
+def map_status(raw_status: str | None, filled: Decimal) -> OrderStatus:
+    """Binance's status as bagbot's.
+
+    ``NEW``/``PENDING_CANCEL`` are open -- or ``partially_filled`` once something filled (a
+    partial fill never goes back to ``open``). ``EXPIRED``/``EXPIRED_IN_MATCH`` are
+    ``expired`` and keep their filled quantity. A missing status (an ``ACK`` answer) is
+    ``open``: the order was accepted.
+    """
+    if raw_status is None:
+        return OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.OPEN
+    status = STATUS_MAP.get(raw_status.upper())
+    if status is None:
+        raise ValueError(f"unknown Binance order status {raw_status!r}")
+    if status is OrderStatus.OPEN and filled > 0:
+        return OrderStatus.PARTIALLY_FILLED
+    return status
+
+
+def _secret(value: object) -> Secret | None:
+    if isinstance(value, Secret):
+        return value if value else None
+    if isinstance(value, str) and value.strip():
+        return Secret(value.strip())
+    return None
+
+
+class BinanceConnector(CcxtConnector):
+    """Binance spot through ``ccxt.async_support.binance``; see the module docs for config."""
+
+    name = "binance"
+    exchange_id = "binance"
+    capabilities = Capabilities(
+        market_orders=True,
+        limit_orders=True,
+        cancel=True,
+        fetch_by_client_order_id=True,
+        fills_in_create_response=True,
+    )
+
+    def __init__(self, settings: ConnectorSettings) -> None:
+        super().__init__(settings)
+        config = settings.config
+        api_key = _secret(config.get("api_key")) or _secret(os.environ.get(ENV_API_KEY))
+        api_secret = _secret(config.get("api_secret")) or _secret(os.environ.get(ENV_API_SECRET))
+        missing = [
+            name
+            for name, value in (("api_key", api_key), ("api_secret", api_secret))
+            if value is None
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"binance: {' and '.join(missing)} missing: set them in the connector config "
+                f"or in {ENV_API_KEY} / {ENV_API_SECRET}"
+            )
+        assert api_key is not None
+        assert api_secret is not None
+        self.api_key: Secret = api_key
+        self.api_secret: Secret = api_secret
+        url = config.get("api_url") or os.environ.get(ENV_API_URL) or None
+        if url is not None:
+            parts = urlsplit(str(url))
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigurationError(f"binance: api_url must be an http(s) URL, got {url!r}")
+            url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self.api_url: str | None = url
+
+    @property
+    def base_url(self) -> str:
+        """Where requests go: ``api_url`` or the official host for the mode."""
+        return self.api_url or (TESTNET_URL if self.testnet else PRODUCTION_URL)
+
+    def __repr__(self) -> str:
+        mode = "testnet" if self.testnet else "live"
+        return f"<BinanceConnector {mode} {self.base_url}>"
+
+    # -- CcxtConnector hooks -----------------------------------------------------------
+
+    def secrets(self) -> Sequence[Secret]:
+        return (self.api_key, self.api_secret)
+
+    def exchange_config(self) -> dict[str, Any]:
+        config = super().exchange_config()
+        config["apiKey"] = self.api_key.reveal()
+        config["secret"] = self.api_secret.reveal()
+        config["options"] = {
+            **config["options"],
+            "defaultType": "spot",
+            "fetchMarkets": {"types": ["spot"]},
+            "fetchCurrencies": False,
+            "fetchMargins": False,
+        }
+        return config
+
+    def configure_exchange(self, exchange: Any) -> None:
+        if self.testnet:
+            # Replaces urls['api'] wholesale, so it must come before the host override.
+            exchange.set_sandbox_mode(True)
+        if self.api_url is not None:
+            exchange.urls["api"] = {
+                key: self.api_url + urlsplit(value).path
+                for key, value in exchange.urls["api"].items()
+                if isinstance(value, str)
+            }
+        if self.base_url != PRODUCTION_URL:
+            # ccxt picks Binance's spot error table by matching the production/testnet URL;
+            # elsewhere spot-only codes would fall through to a plain ExchangeError.
+            for kind in ("exact", "broad"):
+                table = exchange.exceptions.get("spot", {}).get(kind)
+                if table:
+                    exchange.exceptions[kind].update(table)
+
+    def create_params(self, order: Any, client_order_id: str) -> dict[str, Any]:
+        return {"clientOrderId": client_order_id}  # ccxt sends it as newClientOrderId
+
+    def lookup_params(self, client_order_id: str) -> dict[str, Any]:
+        return {"clientOrderId": client_order_id}  # ccxt sends it as origClientOrderId
+
+    def classify_error(self, exc: BaseException) -> BagbotError:
+        code = _binance_code(exc)
+        if code in _REJECT_CODES:
+            message = scrub_secrets(exchange_message(exc, self.exchange_id), self.secrets())
+            return ExchangeRejectedError(
+                f"binance rejected the request ({type(exc).__name__}): {message}"
+            )
+        return classify_ccxt_error(
+            exc, exchange=self._exchange, name=self.name, secrets=self.secrets()
+        )
+
+    async def fetch_raw_quote(self, exchange: Any, symbol: str) -> Quote:
+        """``GET /api/v3/ticker/bookTicker?symbol=...``: best bid/ask as Decimal strings."""
+        raw = await exchange.publicGetTickerBookTicker({"symbol": exchange.market_id(symbol)})
+        return Quote(
+            symbol=symbol,
+            bid=_positive(raw.get("bidPrice")),
+            ask=_positive(raw.get("askPrice")),
+            taken_at=time.monotonic(),
+        )
+
+    def order_from_ccxt(
+        self, order: Mapping[str, Any], *, symbol: str, client_order_id: str | None
+    ) -> ExchangeOrder:
+        """Read Binance's raw order JSON (``order["info"]``), not ccxt's floats.
+
+        ``filled_qty`` = ``executedQty``; ``avg_price`` = ``cummulativeQuoteQty /
+        executedQty`` (or the fills' weighted average when the cumulative figure is absent);
+        ``raw_status`` = Binance's status. A cancel answer's ``clientOrderId`` is the
+        cancel's own id, so ``origClientOrderId`` wins when present.
+        """
+        info = order.get("info") if isinstance(order, Mapping) else None
+        if not isinstance(info, Mapping) or info.get("orderId") in (None, ""):
+            raise ValueError("the answer does not identify a Binance order")
+        raw_status = info.get("status")
+        filled = decimal_or_none(info.get("executedQty")) or Decimal(0)
+        avg: Decimal | None = None
+        if filled > 0:
+            cumulative = decimal_or_none(info.get("cummulativeQuoteQty"))
+            if cumulative is not None and cumulative > 0:
+                avg = average_price(cumulative, filled)
+            else:
+                avg = _fills_average(info.get("fills"))
+        price = _positive(info.get("price"))
+        return ExchangeOrder(
+            external_id=str(info["orderId"]),
+            client_order_id=(
+                info.get("origClientOrderId") or info.get("clientOrderId") or client_order_id
+            ),
+            status=map_status(None if raw_status is None else str(raw_status), filled),
+            symbol=symbol,
+            filled_qty=filled,
+            avg_price=avg,
+            amount=_positive(info.get("origQty")),
+            price=price,
+            raw_status=None if raw_status is None else str(raw_status),
+        )
+
+
+def _positive(value: object) -> Decimal | None:
+    number = decimal_or_none(value)
+    return number if number is not None and number > 0 else None
+
+
+def _fills_average(fills: object) -> Decimal | None:
+    if not isinstance(fills, list):
+        return None
+    qty = Decimal(0)
+    cost = Decimal(0)
+    for fill in fills:
+        if not isinstance(fill, Mapping):
+            continue
+        q, p = decimal_or_none(fill.get("qty")), decimal_or_none(fill.get("price"))
+        if q and p:
+            qty += q
+            cost += q * p
+    return average_price(cost, qty) if qty > 0 else None
+
+
+def _binance_code(exc: BaseException) -> int | None:
+    """Binance's numeric error code from a ccxt exception text, if it carries the JSON."""
+    text = str(exc)
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        try:
+            payload = json.loads(text[start : end + 1])
+        except ValueError:
+            return None
+        if isinstance(payload, dict):
+            try:
+                return int(payload.get("code"))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return None
+    return None
