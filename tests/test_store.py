@@ -1,0 +1,173 @@
+"""Query and update: lookups, filtered listing, the state machine on rows, sync, cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
+
+from bagbot_core import store
+from bagbot_core.db import get_engine, session_factory
+from bagbot_core.errors import (
+    ExchangeOrderNotFoundError,
+    ExchangeRejectedError,
+    IllegalTransitionError,
+    OrderNotFoundError,
+)
+from bagbot_core.models import Order
+from bagbot_core.money import normalize
+from bagbot_core.router import Router, new_client_order_id
+from bagbot_core.status import OrderStatus
+from tests.scripted import ScriptedExchange, fill
+
+LIMIT = {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": "1", "price": "40000"}
+
+
+def make(db: Session, **overrides: object) -> Order:
+    fields: dict[str, object] = {
+        "user_id": "u1", "connector": "scripted", "symbol": "BTC/USDT", "side": "buy",
+        "order_type": "limit", "qty": Decimal("1"), "price": Decimal("100"),
+        "status": "open", "client_order_id": new_client_order_id(), "testnet": True,
+    }
+    fields.update(overrides)
+    return store.insert_order(db, **fields)
+
+
+def test_get_by_id(db: Session) -> None:
+    order = make(db)
+    assert store.get_order(db, order.id).client_order_id == order.client_order_id
+    with pytest.raises(OrderNotFoundError):
+        store.get_order(db, 999_999)
+
+
+def test_get_by_client_order_id(db: Session) -> None:
+    order = make(db, client_order_id="abc-1")
+    assert store.get_by_client_order_id(db, "abc-1") is order
+    assert store.get_by_client_order_id(db, "nope") is None
+
+
+def test_get_by_connector_and_external_id(db: Session) -> None:
+    order = make(db, external_id="777")
+    make(db, external_id="777", connector="other")
+    assert store.get_by_external_id(db, "scripted", "777") is order
+    assert store.get_by_external_id(db, "scripted", "778") is None
+
+
+def test_client_order_id_is_unique(db: Session) -> None:
+    make(db, client_order_id="dup")
+    with pytest.raises(store.ClientOrderIdTaken):
+        make(db, client_order_id="dup")
+
+
+def test_list_filters_newest_first(db: Session) -> None:
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for i in range(6):
+        make(db, user_id="a" if i % 2 else "b", symbol="ETH/USDT" if i < 3 else "BTC/USDT",
+             status="filled" if i % 3 == 0 else "open", created_at=base + dt.timedelta(hours=i))
+    rows = store.list_orders(db)
+    assert [r.created_at for r in rows] == sorted((r.created_at for r in rows), reverse=True)
+    assert {r.user_id for r in store.list_orders(db, user_id="a")} == {"a"}
+    assert {r.symbol for r in store.list_orders(db, symbol="eth/usdt")} == {"ETH/USDT"}
+    assert {r.status for r in store.list_orders(db, status="filled")} == {"filled"}
+    assert len(store.list_orders(db, status=["filled", "open"])) == 6
+    window = store.list_orders(db, since=base + dt.timedelta(hours=2),
+                               until=base + dt.timedelta(hours=4))
+    assert [r.created_at.hour for r in window] == [3, 2]
+
+
+def test_list_paginates(db: Session) -> None:
+    for _ in range(7):
+        make(db)
+    pages = [store.list_orders(db, limit=3, offset=o) for o in (0, 3, 6)]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    ids = [r.id for page in pages for r in page]
+    assert len(set(ids)) == 7 and ids == sorted(ids, reverse=True)
+
+
+def test_status_update_goes_through_the_state_machine(db: Session) -> None:
+    order = make(db, status="open")
+    assert store.set_status(db, order, OrderStatus.CANCELED) == OrderStatus.OPEN
+    with pytest.raises(IllegalTransitionError):
+        store.set_status(db, order, OrderStatus.OPEN)
+    db.expire_all()
+    assert store.get_order(db, order.id).status == "canceled"
+
+
+def test_timestamps_are_utc_and_updated(db: Session) -> None:
+    order = make(db, status="pending")
+    created = order.created_at
+    store.set_status(db, order, OrderStatus.OPEN)
+    db.expire_all()
+    again = store.get_order(db, order.id)
+    assert again.created_at == created and again.created_at.utcoffset() == dt.timedelta(0)
+    assert again.updated_at >= created
+
+
+async def test_sync_order_records_fills(router: Router, db: Session,
+                                        exchange: ScriptedExchange) -> None:
+    order = await router.route_order("scripted", LIMIT, db, "u")
+    fill(exchange, order.client_order_id, qty=Decimal("0.4"), price=Decimal("40000"))
+    synced = await router.sync_order(db, order.id)
+    assert synced.status == "partially_filled" and synced.filled_qty == Decimal("0.4")
+    fill(exchange, order.client_order_id)
+    synced = await router.sync_order(db, order)
+    assert synced.status == "filled" and synced.filled_qty == Decimal("1")
+
+
+async def test_cancel_order(router: Router, db: Session) -> None:
+    order = await router.route_order("scripted", LIMIT, db, "u")
+    canceled = await router.cancel_order(db, order.id)
+    assert canceled.status == "canceled"
+    with pytest.raises(ExchangeRejectedError, match="nothing to cancel"):
+        await router.cancel_order(db, order.id)
+
+
+async def test_sync_of_an_order_the_exchange_does_not_know(router: Router,
+                                                           db: Session) -> None:
+    order = make(db, status="open", external_id="nope")
+    with pytest.raises(ExchangeOrderNotFoundError):
+        await router.sync_order(db, order.id)
+    assert store.get_order(db, order.id).status == "open"
+
+
+async def test_status_changes_reach_the_notification_hook(router: Router, db: Session,
+                                                          exchange: ScriptedExchange) -> None:
+    from bagbot_core import hookimpl
+
+    seen: list[tuple[str, str]] = []
+
+    class Alerts:
+        @hookimpl
+        def bagbot_order_status_changed(self, order: object, old: OrderStatus,
+                                        new: OrderStatus) -> None:
+            seen.append((old.value, new.value))
+
+    router.registry.register(Alerts(), "alerts")
+    order = await router.route_order("scripted", LIMIT, db, "u")
+    fill(exchange, order.client_order_id)
+    await router.sync_order(db, order)
+    assert seen == [("pending", "open"), ("open", "filled")]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+@given(value=st.decimals(min_value=Decimal("1e-18"), max_value=Decimal("99999999999999999999"),
+                         places=18, allow_nan=False, allow_infinity=False))
+def test_decimals_round_trip_exactly_through_the_database(db_url: str, value: Decimal) -> None:
+    factory = session_factory(get_engine(db_url))
+    with factory() as session:
+        order = make(session, qty=value, price=value, filled_qty=value)
+        order_id = order.id
+    with factory() as session:
+        row = session.get(Order, order_id)
+        assert row is not None
+        assert (row.qty, row.price, row.filled_qty) == (value, value, value)
+        assert row.qty.as_tuple() == normalize(value).as_tuple()  # canonical, not just equal
+
+
+def test_float_never_reaches_a_money_column(db: Session) -> None:
+    with pytest.raises(Exception, match="Decimal"):
+        make(db, qty=0.1)
