@@ -47,10 +47,29 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE
 
 _configured_lock = threading.Lock()
 _configured = False
+_known_secrets: set[str] = set()
+
+
+def add_known_secret(value: str) -> None:
+    """Mask this exact value wherever it appears, whatever its surroundings.
+
+    The router registers every credential in its connector config; connectors should
+    register the ones they read from the environment. Values under 6 characters are
+    ignored (masking them would shred ordinary text).
+    """
+    if isinstance(value, str) and len(value) >= 6:
+        _known_secrets.add(value)
+
+
+def is_sensitive_key(key: str) -> bool:
+    return bool(_SENSITIVE_KEY.search(key))
 
 
 def redact_text(text: str) -> str:
     """Mask credential-looking fragments in free text (exception messages, URLs)."""
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
     text = _PEM.sub(REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _SENSITIVE_TEXT.sub(lambda m: m.group("key") + REDACTED, text)

@@ -52,7 +52,8 @@ class Provenance:
     version: str
 
     def __str__(self) -> str:
-        return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
+        version = f" {self.version}" if self.version else ""
+        return f"{self.distribution}{version} (plugin {self.plugin!r})"
 
 
 @attrs.frozen
@@ -170,7 +171,7 @@ class PluginRegistry:
         """Call a registration hook plugin by plugin, keeping who returned what."""
         out: list[tuple[Any, Provenance]] = []
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             provenance = self._provenance.get(
                 impl.plugin_name, Provenance(impl.plugin_name, "<unknown>", "")
             )
@@ -262,7 +263,7 @@ class PluginRegistry:
         """
         failures: list[tuple[str, BaseException]] = []
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():
             args = {name: kwargs[name] for name in impl.argnames}
             try:
                 impl.function(**args)

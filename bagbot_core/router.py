@@ -102,6 +102,18 @@ def _clip(value: object, size: int) -> str:
     return value[:size] if isinstance(value, str) else ""
 
 
+def _register_secrets(config: Mapping[str, Any]) -> None:
+    from bagbot_core.secrets import Secret
+
+    for key, value in config.items():
+        if isinstance(value, Secret):
+            audit.add_known_secret(value.reveal())
+        elif isinstance(value, str) and audit.is_sensitive_key(str(key)):
+            audit.add_known_secret(value)
+        elif isinstance(value, Mapping):
+            _register_secrets(value)
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
         return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
@@ -139,6 +151,8 @@ class Router:
         self.registry = registry if registry is not None else PluginRegistry()
         self.limits = limits if limits is not None else RiskLimits.from_env()
         self.connector_config = {k: dict(v) for k, v in (connector_config or {}).items()}
+        for config in self.connector_config.values():
+            _register_secrets(config)
         self._allow_live = allow_live
         self.reconcile_grace = reconcile_grace
         self._connectors: dict[tuple[Any, ...], Connector] = {}
@@ -367,6 +381,7 @@ class Router:
             state = await connector.create_order(request, order.client_order_id)
         except ExchangeRejectedError as error:
             message = audit.redact_text(str(error))
+            error.args = (message,)  # a connector's message may quote a signed request
             await runner.run(store.set_status, order, OrderStatus.REJECTED, reason=message)
             log.warning("rejected", stage="exchange", reason=message)
             await self._status_changed(log, order, OrderStatus.PENDING)

@@ -57,7 +57,7 @@ def test_float_goes_through_str_not_binary() -> None:
         ({"symbol": "BTC/USDT/X"}, "BASE/QUOTE"),
         ({"symbol": "BTC/US DT"}, "BASE/QUOTE"),
         ({"symbol": "'; DROP TABLE orders;--/USDT"}, "BASE/QUOTE"),
-        ({"symbol": "ВТС/USDT"}, "BASE/QUOTE"),
+        ({"symbol": "\u0412\u0422\u0421/USDT"}, "BASE/QUOTE"),  # Cyrillic look-alikes
         ({"symbol": 42}, "must be a string"),
         ({"prcie": "1"}, "unknown field"),
         ({"params": "x"}, "params"),

@@ -71,12 +71,12 @@ class OrderLifecycle(RuleBasedStateMachine):
 
     @invariant()
     def terminal_is_forever(self) -> None:
-        seen_terminal = False
+        terminal: S | None = None
         for status in self.history:
-            if seen_terminal:
+            if terminal is not None:
                 assert status == terminal
-            if status.is_terminal and not seen_terminal:
-                seen_terminal, terminal = True, status
+            elif status.is_terminal:
+                terminal = status
 
     @invariant()
     def pending_only_at_the_start(self) -> None:
