@@ -64,8 +64,9 @@ class OrderLifecycle(RuleBasedStateMachine):
     @rule(new=st.sampled_from(list(S)))
     def move(self, new: S) -> None:
         try:
-            self.status = check_transition(self.status, new)
-            self.history.append(self.status)
+            previous, self.status = self.status, check_transition(self.status, new)
+            if self.status != previous:
+                self.history.append(self.status)
         except IllegalTransitionError:
             assert not can_transition(self.status, new)
 
