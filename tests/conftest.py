@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from bagbot_core import audit
 from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.models import Base
 from bagbot_core.plugins import PluginRegistry
@@ -83,6 +85,15 @@ def db(db_url: str) -> Iterator[Session]:
     session = session_factory(get_engine(db_url))()
     yield session
     session.close()
+
+
+@pytest.fixture
+def log_stream_json() -> Iterator[io.StringIO]:
+    """Audit events of the test, as JSON lines."""
+    stream = io.StringIO()
+    audit.configure(fmt="json", stream=stream, force=True)
+    yield stream
+    audit.configure(force=True)
 
 
 @pytest.fixture

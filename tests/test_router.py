@@ -274,3 +274,51 @@ async def test_every_error_is_a_bagbot_error(router: Router, db: Session) -> Non
     for payload in ({}, {"symbol": 1}, [], None, {**MARKET_BUY, "amount": "1e999999"}):
         with pytest.raises(BagbotError):
             await route_order("scripted", payload, db, "u")  # type: ignore[arg-type]
+
+
+async def test_lifecycle_hooks_are_told_in_order(router: Router, db: Session,
+                                                 exchange: ScriptedExchange) -> None:
+    from bagbot_core import hookimpl
+
+    calls: list[tuple[str, object]] = []
+
+    class Observer:
+        @hookimpl
+        def bagbot_before_route(self, connector: str, user_id: str, order: object) -> None:
+            calls.append(("before", (connector, user_id, getattr(order, "amount", None))))
+
+        @hookimpl
+        def bagbot_after_route(self, order: object) -> None:
+            calls.append(("after", getattr(order, "status", None)))
+
+        @hookimpl
+        def bagbot_on_route_error(self, order: object, error: BaseException) -> None:
+            calls.append(("error", (getattr(order, "status", None), type(error).__name__)))
+
+    router.registry.register(Observer(), "observer")
+    await route_order("scripted", MARKET_BUY, db, "u")
+    assert calls == [("before", ("scripted", "u", Decimal("0.5"))), ("after", "filled")]
+    calls.clear()
+    exchange.script("timeout_after_accept")
+    with pytest.raises(OrderStatusUnknownError):
+        await route_order("scripted", MARKET_BUY, db, "u")
+    assert calls[-1] == ("error", ("unknown", "OrderStatusUnknownError"))
+    calls.clear()
+    with pytest.raises(OrderValidationError):
+        await route_order("scripted", {"symbol": "nope"}, db, "u")
+    assert calls == [("error", ("rejected", "OrderValidationError"))]
+
+
+async def test_a_crashing_observer_does_not_change_the_result(router: Router, db: Session,
+                                                              log_stream_json: object) -> None:
+    from bagbot_core import hookimpl
+
+    class Broken:
+        @hookimpl
+        def bagbot_after_route(self, order: object) -> None:
+            raise RuntimeError("metrics backend down")
+
+    router.registry.register(Broken(), "broken")
+    order = await route_order("scripted", MARKET_BUY, db, "u")
+    assert order.status == "filled"
+    assert '"event": "hook_failed"' in log_stream_json.getvalue()  # type: ignore[attr-defined]
