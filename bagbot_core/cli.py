@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-if TYPE_CHECKING:  # click >= 8.3 makes ParamType generic; keep runtime code version-neutral
+if TYPE_CHECKING:  # recent click types ParamType as generic; runtime stays version-neutral
     _DecimalParam = click.ParamType[Decimal, Any]
     _TimeParam = click.ParamType[dt.datetime, Any]
 else:
