@@ -1,0 +1,59 @@
+"""Worker processes for the multi-process tests: ``python -m tests.workers ...``.
+
+Each worker routes orders through a real router into the given database and prints one JSON
+line with what it saw, so the parent can add up the processes' views.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+
+from bagbot_core.db import get_engine, session_factory
+from bagbot_core.errors import BagbotError
+from bagbot_core.plugins import PluginRegistry
+from bagbot_core.risk import RiskLimits
+from bagbot_core.router import Router
+from tests.scripted import ScriptedExchange, scripted_plugin
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    exchange = ScriptedExchange()
+    registry = PluginRegistry(disabled=(), load_entrypoints=False,
+                              plugins=[("scripted", scripted_plugin(exchange))])
+    router = Router(registry, limits=RiskLimits())
+    factory = session_factory(get_engine(args.url))
+    errors: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    # Start together: the point is contention.
+    while time.time() < args.start_at:
+        await asyncio.sleep(0.005)
+    with factory() as db:
+        for i in range(args.n):
+            payload = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.01"}
+            if args.keys:
+                payload["client_order_id"] = f"{args.keys}-{i}"
+            try:
+                order = await router.route_order("scripted", payload, db, args.user)
+                statuses[order.status] += 1
+            except BagbotError as exc:
+                errors[type(exc).__name__] += 1
+            except Exception as exc:  # anything outside the hierarchy is a finding
+                errors[f"UNEXPECTED {type(exc).__name__}: {exc}"] += 1
+    await router.aclose()
+    return {"statuses": statuses, "errors": errors, "create_calls": exchange.create_calls}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--n", type=int, default=250)
+    parser.add_argument("--user", default="worker")
+    parser.add_argument("--keys", default="", help="client order id prefix (idempotency races)")
+    parser.add_argument("--start-at", type=float, default=0.0)
+    result = asyncio.run(main(parser.parse_args()))
+    json.dump(result, sys.stdout)
