@@ -147,6 +147,8 @@ class FakeBinanceServer(FakeExchangeServer):
         self.api_secret = api_secret
         self.status_overrides: dict[int, str] = {}
         self.cancel_ids: dict[int, str] = {}
+        #: Added to the server's clock, to simulate a client whose clock drifted.
+        self.clock_offset_ms = 0
 
     # -- fault helpers in Binance's words ----------------------------------------------
 
@@ -229,7 +231,7 @@ class FakeBinanceServer(FakeExchangeServer):
             recv_window = int(params.get("recvWindow", "5000"))
             if recv_window > 60000:
                 return self._param_error(-1131, "recvWindow must be less than 60000")
-            now = int(time.time() * 1000)
+            now = int(time.time() * 1000) + self.clock_offset_ms
             if timestamp > now + 1000 or now - timestamp > recv_window:
                 return self.error("timestamp")
             return handler(params)
@@ -616,13 +618,18 @@ async def start_fake_binance(
         yield server
 
 
-def connector_for(server: FakeBinanceServer, **config: Any) -> BinanceConnector:
-    """A testnet :class:`BinanceConnector` pointed at ``server``, rate limiter off."""
+def connector_for(
+    server: FakeBinanceServer, *, testnet: bool = True, **config: Any
+) -> BinanceConnector:
+    """A :class:`BinanceConnector` pointed at ``server``, rate limiter off.
+
+    ``testnet=False`` exercises the live code path (production URL table, host swapped).
+    """
     from bagbot_binance.connector import BinanceConnector
     from bagbot_core.connector import ConnectorSettings
 
     settings = ConnectorSettings(
-        testnet=True,
+        testnet=testnet,
         config={
             "api_key": server.api_key,
             "api_secret": server.api_secret,
