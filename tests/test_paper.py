@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -30,6 +30,7 @@ from bagbot_core.errors import (
     ConfigurationError,
     ExchangeOrderNotFoundError,
     ExchangeRejectedError,
+    ExchangeUnavailableError,
 )
 from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Side
 from bagbot_core.paper import PaperBalance, PaperConnector, PaperOrderRow
@@ -388,6 +389,51 @@ async def test_duplicate_client_order_id_returns_the_existing_order(db_url: str)
     )
 
 
+async def test_losing_a_client_order_id_race_returns_the_winner(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two creates with one client order id: the loser's insert fails, it returns the winner."""
+    paper = make(db_url)
+    coid = cid()
+    winner = await paper.create_order(limit("BTC/USDT", "buy", "0.1", "45000"), coid)
+    balances = await totals(paper)
+    real_find = PaperConnector._find
+    misses = iter([True])
+
+    def racing_find(self: PaperConnector, *args: Any, **kwargs: Any) -> Any:
+        # The first lookup runs "before the winner committed" and sees nothing.
+        return None if next(misses, False) else real_find(self, *args, **kwargs)
+
+    monkeypatch.setattr(PaperConnector, "_find", racing_find)
+    loser = await paper.create_order(limit("BTC/USDT", "buy", "0.1", "45000"), coid)
+    assert loser == winner
+    assert await totals(paper) == balances
+    assert order_rows(db_url, paper.account) == 1
+
+
+async def test_a_failure_mid_transaction_leaves_no_partial_state(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paper = make(db_url)
+    before = await totals(paper)
+
+    def broken_view(row: PaperOrderRow) -> ExchangeOrder:
+        raise RuntimeError("crash after the balances and the order row were flushed")
+
+    monkeypatch.setattr(PaperConnector, "_view", staticmethod(broken_view))
+    with pytest.raises(RuntimeError, match="crash after"):
+        await paper.create_order(market("BTC/USDT", "buy", "1"), cid())
+    monkeypatch.undo()
+    assert order_rows(db_url, paper.account) == 0
+    assert await totals(paper) == before
+
+
+async def test_an_unreachable_database_is_unavailable_not_rejected() -> None:
+    paper = make("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(ExchangeUnavailableError, match="paper exchange database error"):
+        await paper.create_order(market("BTC/USDT", "buy", "0.1"), cid())
+
+
 async def test_state_survives_a_new_connector_instance(db_url: str) -> None:
     first = make(db_url)
     placed = await first.create_order(limit("SOL/USDT", "buy", "10", "100"), "keep-me")
@@ -418,8 +464,10 @@ _CHILD = textwrap.dedent(
     url, config, go, tag, count, amount = sys.argv[1:7]
     spec = PluginRegistry(disabled=(), load_entrypoints=False).connector_spec("paper")
     paper = spec.factory(ConnectorSettings(database_url=url, config=json.loads(config)))
-    while go != "-" and not os.path.exists(go):
-        time.sleep(0.005)
+    if go != "-":
+        open(f"{go}.{tag}", "w").close()  # ready
+        while not os.path.exists(go):
+            time.sleep(0.005)
 
     async def main():
         filled, rejected = [], []
@@ -479,29 +527,32 @@ def test_two_processes_cannot_double_spend(db_url: str, tmp_path: Path) -> None:
     go = tmp_path / "go"
     children = [
         subprocess.Popen(
-            _child(db_url, config, str(go), tag, 8, "0.03"),
+            _child(db_url, config, str(go), tag, 30, "0.01"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for tag in ("a", "b")
     ]
-    time.sleep(0.5)  # let both import and wait at the line
-    go.touch()
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"go.{tag}").exists() for tag in ("a", "b")):
+        assert time.monotonic() < deadline, "children did not start"
+        time.sleep(0.01)
+    go.touch()  # both are waiting at the line: start together
     answers = []
     for child in children:
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
         answers.append(json.loads(out))
-    # 0.03 ETH at the ask 3000.3 costs 90.009: 1000 USDT pay for exactly 11 of the 16.
+    # 0.01 ETH at the ask 3000.3 costs 30.003: 1000 USDT pay for exactly 33 of the 60.
     filled = sum(len(a["filled"]) for a in answers)
-    assert filled == 11
+    assert filled == 33
     assert all("insufficient balance" in r for a in answers for r in a["rejected"])
     paper = make(db_url, account=account)
     balances = asyncio.run(totals(paper))
-    assert balances["USDT"] == (D(1000) - 11 * D("90.009"), D(0))
-    assert balances["ETH"] == (D(1) + 11 * D("0.03") - D("0.02"), D("0.02"))
-    assert order_rows(db_url, account) == 13
+    assert balances["USDT"] == (D(1000) - 33 * D("30.003"), D(0))
+    assert balances["ETH"] == (D(1) + 33 * D("0.01") - D("0.02"), D("0.02"))
+    assert order_rows(db_url, account) == 35
 
 
 # ---------------------------------------------------------------------------
@@ -509,24 +560,27 @@ def test_two_processes_cannot_double_spend(db_url: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 _PROPERTY_MARKETS = {
-    # symbol: (amount unit, price step, reference price)
-    "BTC/USDT": (D("0.001"), D("0.01"), D(50000)),
-    "ETH/USDT": (D("0.01"), D("0.01"), D(3000)),
-    "ETH/BTC": (D("0.01"), D("0.000001"), D("0.06")),
+    # symbol: (amount unit, price step)
+    "BTC/USDT": (D("0.001"), D("0.01")),
+    "ETH/USDT": (D("0.01"), D("0.01")),
+    "ETH/BTC": (D("0.01"), D("0.000001")),
 }
 _symbols = st.sampled_from(sorted(_PROPERTY_MARKETS))
 _sides = st.sampled_from(["buy", "sell"])
-_ops = st.one_of(
-    st.tuples(st.just("market"), _symbols, _sides, st.integers(1, 80)),
-    st.tuples(st.just("limit"), _symbols, _sides, st.integers(1, 80), st.integers(90, 110)),
-    st.tuples(st.just("price"), _symbols, st.integers(85, 115)),
-    st.tuples(st.just("cancel"), st.integers(0, 50)),
-)
+_market_op = st.tuples(st.just("market"), _symbols, _sides, st.integers(1, 80))
+_limit_op = st.tuples(st.just("limit"), _symbols, _sides, st.integers(1, 80), st.integers(90, 110))
+_price_op = st.tuples(st.just("price"), _symbols, st.integers(90, 110))
+_cancel_op = st.tuples(st.just("cancel"), st.integers(0, 50))
+# Move the price through one of the placed limit orders (fills it if it still rests).
+_cross_op = st.tuples(st.just("cross"), st.integers(0, 50))
+# "cross" makes sure resting orders get filled by price moves, not only canceled.
+_ops = st.one_of(_market_op, _limit_op, _price_op, _cancel_op, _cross_op)
 
 
-def _scaled(symbol: str, percent: int) -> Decimal:
-    _, step, ref = _PROPERTY_MARKETS[symbol]
-    return (ref * percent / 100).quantize(step)
+def _scaled(paper: PaperConnector, symbol: str, percent: int) -> Decimal:
+    """``percent`` of the current reference price, on the price step."""
+    step = _PROPERTY_MARKETS[symbol][1]
+    return (paper.reference_price(symbol) * percent / 100).quantize(step)
 
 
 async def _run_ops(paper: PaperConnector, ops: list[tuple[Any, ...]]) -> list[OrderRequest]:
@@ -536,7 +590,14 @@ async def _run_ops(paper: PaperConnector, ops: list[tuple[Any, ...]]) -> list[Or
     for op in ops:
         try:
             if op[0] == "price":
-                await paper.set_price(op[1], _scaled(op[1], op[2]))
+                await paper.set_price(op[1], _scaled(paper, op[1], op[2]))
+            elif op[0] == "cross":
+                limits = [r for r in placed if r.price is not None]
+                if limits:
+                    target = limits[op[1] % len(limits)]
+                    assert target.price is not None
+                    through = D("0.99") if target.side is Side.BUY else D("1.01")
+                    await paper.set_price(target.symbol, target.price * through)
             elif op[0] == "cancel":
                 if placed:
                     target = placed[op[1] % len(placed)]
@@ -547,7 +608,7 @@ async def _run_ops(paper: PaperConnector, ops: list[tuple[Any, ...]]) -> list[Or
                     )
             else:
                 symbol, side, units = op[1:4]
-                price = _scaled(symbol, op[4]) if op[0] == "limit" else None
+                price = _scaled(paper, symbol, op[4]) if op[0] == "limit" else None
                 request = OrderRequest(
                     symbol,
                     Side(side),
@@ -568,7 +629,7 @@ async def _run_ops(paper: PaperConnector, ops: list[tuple[Any, ...]]) -> list[Or
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(ops=st.lists(_ops, max_size=25))
+@given(ops=st.lists(_ops, min_size=6, max_size=30))
 def test_fills_conserve_value(db_url: str, ops: list[tuple[Any, ...]]) -> None:
     """Per asset: final total == start + what the fills moved; locked == open reservations."""
     starting = {"USDT": D(20000), "BTC": D("0.5"), "ETH": D(5)}
@@ -590,6 +651,13 @@ def test_fills_conserve_value(db_url: str, ops: list[tuple[Any, ...]]) -> None:
         return await paper.fetch_balances(), answers
 
     balances, answers = asyncio.run(scenario())
+    statuses = {order.status for _, order in answers}
+    event(f"statuses: {sorted(statuses)}")
+    maker_fills = any(
+        o.status is OrderStatus.FILLED and r.price is not None and o.avg_price == r.price
+        for r, o in answers
+    )
+    event(f"maker fill at the limit: {maker_fills}")
     expected: dict[str, Decimal] = defaultdict(Decimal, starting)
     locked: dict[str, Decimal] = defaultdict(Decimal)
     for request, order in answers:

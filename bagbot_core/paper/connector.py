@@ -1,0 +1,820 @@
+"""``PaperConnector``: a simulated exchange that keeps its book in bagbot's own database.
+
+No keys, no network, no ccxt. Orders and balances are rows in ``paper_orders`` and
+``paper_balances`` (see :mod:`bagbot_core.paper.models`) in the router's database, so
+separate ``bagbot`` invocations see the same book and the same balances.
+
+Market model
+    Every market has a *reference price* (defaults below, overridable through config
+    ``prices``, movable with :meth:`PaperConnector.set_price`). The touch is
+    ``bid = ref * (1 - spread)`` rounded down to the price step and ``ask = ref * (1 + spread)``
+    rounded up (default spread 0.0001 per side: BTC/USDT 50000 quotes 49995 / 50005).
+    There is no order book between accounts: every order trades against this quote.
+
+Fill rule
+    * market buy fills at once, in full, at the ask; market sell at the bid;
+    * a limit order that crosses on arrival (buy ``price >= ask``, sell ``price <= bid``) is a
+      taker and fills at once at the *better of its limit and the touch* -- which is always the
+      touch (a buy at 51000 with the ask at 50005 pays 50005);
+    * any other limit order rests ``open`` with its funds reserved (``amount * price`` of the
+      quote for a buy, ``amount`` of the base for a sell) until it is canceled or the
+      reference price moves through it; it then fills in full as a maker at its *own* limit
+      price. Resting orders are matched whenever this account's book is touched (create,
+      fetch, cancel, :meth:`~PaperConnector.set_price`, balances) against the current prices
+      of this connector instance.
+    * No partial fills and no fees: every fill moves exactly ``amount`` of the base and
+      ``amount * price`` of the quote.
+
+Funds
+    A buy needs ``amount * price`` (limit) or ``amount * ask`` (market) of free quote, a sell
+    ``amount`` of free base; otherwise ``ExchangeRejectedError("insufficient balance ...")``
+    and nothing is written. Starting balances (config ``balances``) are created per
+    (account, asset) the first time the account touches the asset.
+
+Idempotency
+    A client order id is unique per account. Creating an order with a client order id the
+    account already used returns the existing order, unchanged (like Coinbase), provided it
+    is the same order (symbol, side, type, amount, price); a *different* order under a used id
+    is refused with :class:`~bagbot_core.errors.ExchangeRejectedError`.
+
+Consistency
+    Every operation is one database transaction: balance updates and the order row commit
+    together or not at all. On SQLite the engine starts every transaction with
+    ``BEGIN IMMEDIATE`` (one writer at a time, across processes); on PostgreSQL the rows are
+    locked with ``SELECT ... FOR UPDATE`` (orders by id, then balances by asset), so two
+    processes cannot spend the same balance twice. Database work is short and synchronous;
+    the coroutines call it directly.
+
+Reference prices belong to the connector instance (defaults + config); they are not stored,
+so a new process starts from the configured prices again.
+
+Config keys (``ConnectorSettings.config``):
+    ``account``   account name (default ``"default"``);
+    ``balances``  starting balances ``{"USDT": "100000", ...}`` (replaces the defaults);
+    ``prices``    reference price overrides ``{"BTC/USDT": "51000"}``;
+    ``markets``   a list replacing the default markets, each a mapping with ``symbol``,
+                  ``price`` and optionally ``amount_step``, ``price_step``, ``min_amount``,
+                  ``max_amount``, ``min_cost``, ``active``;
+    ``spread``    fraction of the reference price on each side (default ``"0.0001"``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
+from typing import Any, TypeVar
+
+import attrs
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bagbot_core.connector import Capabilities, Connector, ConnectorSettings
+from bagbot_core.db import database_url, get_engine
+from bagbot_core.errors import (
+    ConfigurationError,
+    ExchangeOrderNotFoundError,
+    ExchangeRejectedError,
+    ExchangeUnavailableError,
+    OrderValidationError,
+)
+from bagbot_core.models import utcnow
+from bagbot_core.money import MAX_SCALE, normalize, to_decimal
+from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote, Side
+from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
+from bagbot_core.status import OrderStatus
+
+T = TypeVar("T")
+
+#: Arithmetic on money must never round: any inexact result raises instead.
+_EXACT = Context(
+    prec=80,
+    Emax=999_999,
+    Emin=-999_999,
+    traps=[InvalidOperation, Inexact, DivisionByZero, Overflow],
+)
+#: For deliberate rounding (the touch, to the price step).
+_ROUNDING = Context(prec=80, Emax=999_999, Emin=-999_999)
+
+_MAX_ID_LENGTH = 64
+_DEFAULT_STEP = "0.00000001"
+DEFAULT_ACCOUNT = "default"
+DEFAULT_SPREAD = Decimal("0.0001")
+DEFAULT_BALANCES: Mapping[str, Decimal] = {
+    "USDT": Decimal(100_000),
+    "USD": Decimal(100_000),
+    "BTC": Decimal(10),
+    "ETH": Decimal(100),
+    "SOL": Decimal(1_000),
+}
+_CONFIG_KEYS = frozenset({"account", "balances", "prices", "markets", "spread"})
+
+
+@attrs.frozen
+class PaperMarket:
+    """A paper market and its default reference price."""
+
+    market: Market
+    price: Decimal
+
+
+@attrs.frozen
+class PaperBalance:
+    """One asset of the account: ``free`` to spend, ``locked`` by resting orders."""
+
+    asset: str
+    free: Decimal
+    locked: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return normalize(_EXACT.add(self.free, self.locked))
+
+
+def _market(
+    symbol: str,
+    price: str,
+    *,
+    amount_step: str,
+    price_step: str,
+    min_amount: str,
+    min_cost: str,
+    active: bool = True,
+) -> PaperMarket:
+    base, quote = symbol.split("/")
+    return PaperMarket(
+        market=Market(
+            symbol=symbol,
+            base=base,
+            quote=quote,
+            active=active,
+            amount_step=Decimal(amount_step),
+            price_step=Decimal(price_step),
+            min_amount=Decimal(min_amount),
+            min_cost=Decimal(min_cost),
+        ),
+        price=Decimal(price),
+    )
+
+
+#: The markets a paper account trades when config ``markets`` is not given.
+DEFAULT_MARKETS: tuple[PaperMarket, ...] = (
+    _market("BTC/USDT", "50000", amount_step="0.00001", price_step="0.01",
+            min_amount="0.00001", min_cost="5"),
+    _market("ETH/USDT", "3000", amount_step="0.0001", price_step="0.01",
+            min_amount="0.0001", min_cost="5"),
+    _market("SOL/USDT", "150", amount_step="0.001", price_step="0.001",
+            min_amount="0.01", min_cost="5"),
+    _market("BTC/USD", "50000", amount_step="0.00000001", price_step="0.01",
+            min_amount="0.00001", min_cost="1"),
+    _market("ETH/BTC", "0.06", amount_step="0.0001", price_step="0.000001",
+            min_amount="0.001", min_cost="0.0001"),
+    # Listed but halted: quotes work, orders are refused.
+    _market("LUNA/USDT", "0.0001", amount_step="1", price_step="0.0000001",
+            min_amount="1", min_cost="1", active=False),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Config parsing
+# ---------------------------------------------------------------------------
+
+
+def _config_decimal(value: object, name: str, *, allow_zero: bool = False) -> Decimal:
+    if allow_zero and isinstance(value, Decimal | int | str) and not isinstance(value, bool):
+        try:
+            if Decimal(str(value).strip()) == 0:
+                return Decimal(0)
+        except InvalidOperation:
+            pass  # to_decimal names the problem below
+    try:
+        return to_decimal(value, name)
+    except OrderValidationError as exc:
+        raise ConfigurationError(f"paper connector config: {exc}") from None
+
+
+def _parse_symbol(value: object) -> tuple[str, str, str]:
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise ConfigurationError(f"paper connector config: bad market symbol {value!r}")
+    base, quote = value.split("/")
+    if not base or not quote:
+        raise ConfigurationError(f"paper connector config: bad market symbol {value!r}")
+    return value, base, quote
+
+
+def _parse_market(entry: object) -> PaperMarket:
+    if not isinstance(entry, Mapping):
+        raise ConfigurationError(f"paper connector config: a market must be a mapping: {entry!r}")
+    unknown = set(entry) - {
+        "symbol", "price", "amount_step", "price_step", "min_amount", "max_amount", "min_cost",
+        "active",
+    }  # fmt: skip
+    if unknown:
+        raise ConfigurationError(f"paper connector config: unknown market keys {sorted(unknown)}")
+    symbol, base, quote = _parse_symbol(entry.get("symbol"))
+    if "price" not in entry:
+        raise ConfigurationError(f"paper connector config: market {symbol} needs a price")
+
+    def optional(key: str) -> Decimal | None:
+        value = entry.get(key)
+        return None if value is None else _config_decimal(value, f"{symbol} {key}")
+
+    active = entry.get("active", True)
+    if not isinstance(active, bool):
+        raise ConfigurationError(f"paper connector config: {symbol} active must be true/false")
+    return PaperMarket(
+        market=Market(
+            symbol=symbol,
+            base=base,
+            quote=quote,
+            active=active,
+            amount_step=_config_decimal(entry.get("amount_step", _DEFAULT_STEP),
+                                        f"{symbol} amount_step"),
+            price_step=_config_decimal(entry.get("price_step", _DEFAULT_STEP),
+                                       f"{symbol} price_step"),
+            min_amount=optional("min_amount"),
+            max_amount=optional("max_amount"),
+            min_cost=optional("min_cost"),
+        ),
+        price=_config_decimal(entry["price"], f"{symbol} price"),
+    )  # fmt: skip
+
+
+def _parse_mapping(value: object, key: str) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"paper connector config: {key} must be a mapping")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Exact money helpers
+# ---------------------------------------------------------------------------
+
+
+def _mul(a: Decimal, b: Decimal) -> Decimal:
+    return normalize(_EXACT.multiply(a, b))
+
+
+def _add(a: Decimal, b: Decimal) -> Decimal:
+    return normalize(_EXACT.add(a, b))
+
+
+def _sub(a: Decimal, b: Decimal) -> Decimal:
+    return normalize(_EXACT.subtract(a, b))
+
+
+def _storable(value: Decimal, what: str) -> Decimal:
+    """Refuse a value ``NUMERIC(38, 18)`` cannot hold exactly."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_SCALE:
+        raise ExchangeRejectedError(f"{what} {value} needs more than {MAX_SCALE} decimal places")
+    if value != 0 and value.adjusted() >= 20:
+        raise ExchangeRejectedError(f"{what} {value} is too large")
+    return value
+
+
+def _is_multiple(value: Decimal, step: Decimal | None) -> bool:
+    if step is None or step <= 0:
+        return True
+    return _ROUNDING.remainder(value, step) == 0
+
+
+def _round_to_step(value: Decimal, step: Decimal | None, rounding: str) -> Decimal:
+    if step is None or step <= 0:
+        return normalize(value)
+    units = _ROUNDING.divide(value, step).quantize(Decimal(1), rounding=rounding)
+    return normalize(_ROUNDING.multiply(units, step))
+
+
+# ---------------------------------------------------------------------------
+# The connector
+# ---------------------------------------------------------------------------
+
+
+class PaperConnector(Connector):
+    """The built-in ``paper`` exchange. See the module docstring for the rules it follows.
+
+    :param settings: ``database_url`` picks the database (default
+        :func:`bagbot_core.db.database_url`); ``config`` is described in the module docstring.
+    :param engine: use this engine instead of :func:`bagbot_core.db.get_engine` (tests).
+    :raises ConfigurationError: for a malformed config.
+    """
+
+    name = "paper"
+    capabilities = Capabilities(
+        market_orders=True,
+        limit_orders=True,
+        cancel=True,
+        fetch_by_client_order_id=True,
+        fills_in_create_response=True,
+    )
+
+    def __init__(
+        self, settings: ConnectorSettings | None = None, *, engine: Engine | None = None
+    ) -> None:
+        settings = settings or ConnectorSettings()
+        config = settings.config
+        unknown = set(config) - _CONFIG_KEYS
+        if unknown:
+            raise ConfigurationError(
+                f"paper connector config: unknown keys {sorted(unknown)} "
+                f"(known: {', '.join(sorted(_CONFIG_KEYS))})"
+            )
+        account = config.get("account", DEFAULT_ACCOUNT)
+        if not isinstance(account, str) or not account or len(account) > _MAX_ID_LENGTH:
+            raise ConfigurationError(
+                f"paper connector config: account must be a non-empty string of at most "
+                f"{_MAX_ID_LENGTH} characters, got {account!r}"
+            )
+        self.account: str = account
+
+        if "markets" in config:
+            raw_markets = config["markets"]
+            if isinstance(raw_markets, str | bytes) or not isinstance(raw_markets, Sequence):
+                raise ConfigurationError("paper connector config: markets must be a list")
+            markets = [_parse_market(entry) for entry in raw_markets]
+        else:
+            markets = list(DEFAULT_MARKETS)
+        self._markets: dict[str, PaperMarket] = {}
+        for paper_market in markets:
+            symbol = paper_market.market.symbol
+            if symbol in self._markets:
+                raise ConfigurationError(f"paper connector config: market {symbol} listed twice")
+            self._markets[symbol] = paper_market
+        self._prices: dict[str, Decimal] = {s: m.price for s, m in self._markets.items()}
+        for symbol, price in _parse_mapping(config.get("prices", {}), "prices").items():
+            if symbol not in self._markets:
+                raise ConfigurationError(
+                    f"paper connector config: price for unknown market {symbol!r}"
+                )
+            self._prices[symbol] = _config_decimal(price, f"price of {symbol}")
+
+        raw_balances = config.get("balances", DEFAULT_BALANCES)
+        self._starting: dict[str, Decimal] = {
+            str(asset): _config_decimal(amount, f"balance of {asset}", allow_zero=True)
+            for asset, amount in _parse_mapping(raw_balances, "balances").items()
+        }
+        spread = _config_decimal(config.get("spread", DEFAULT_SPREAD), "spread", allow_zero=True)
+        if spread >= 1:
+            raise ConfigurationError(f"paper connector config: spread must be < 1, got {spread}")
+        self._spread = spread
+
+        self._database_url = settings.database_url
+        self._engine = engine
+        self._session_factory: sessionmaker[Session] | None = None
+
+    # -- database plumbing ---------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The engine holding the book (created on first use, shared per URL)."""
+        if self._engine is None:
+            self._engine = get_engine(database_url(self._database_url))
+        return self._engine
+
+    def _run(self, work: Callable[[Session], T], *, pass_integrity_errors: bool = False) -> T:
+        """Run ``work`` in one transaction: all of it commits, or none of it.
+
+        :raises ExchangeUnavailableError: the database failed (locked past the busy timeout,
+            connection lost); nothing of ``work`` is committed.
+        """
+        try:
+            if self._session_factory is None:
+                self._session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
+            with self._session_factory() as session, session.begin():
+                return work(session)
+        except SQLAlchemyError as exc:
+            if pass_integrity_errors and isinstance(exc, IntegrityError):
+                raise
+            raise ExchangeUnavailableError(f"paper exchange database error: {exc}") from exc
+
+    # -- markets and prices --------------------------------------------------------------
+
+    async def load_markets(self, *, reload: bool = False) -> Mapping[str, Market]:
+        return {symbol: paper.market for symbol, paper in self._markets.items()}
+
+    def _paper_market(self, symbol: str) -> PaperMarket:
+        try:
+            return self._markets[symbol]
+        except KeyError:
+            raise ExchangeRejectedError(
+                f"unknown symbol {symbol!r}: the paper exchange lists "
+                f"{', '.join(sorted(self._markets))}"
+            ) from None
+
+    def reference_price(self, symbol: str) -> Decimal:
+        """The current reference price of ``symbol`` (mid of the quote)."""
+        self._paper_market(symbol)
+        return self._prices[symbol]
+
+    def _touch(self, symbol: str) -> tuple[Decimal, Decimal]:
+        step = self._markets[symbol].market.price_step
+        ref = self._prices[symbol]
+        bid = _round_to_step(_ROUNDING.multiply(ref, 1 - self._spread), step, ROUND_FLOOR)
+        ask = _round_to_step(_ROUNDING.multiply(ref, 1 + self._spread), step, ROUND_CEILING)
+        if bid <= 0:
+            bid = step if step is not None and step < ask else ref
+        return bid, ask
+
+    async def fetch_quote(self, symbol: str) -> Quote:
+        self._paper_market(symbol)
+        bid, ask = self._touch(symbol)
+        return Quote(symbol=symbol, bid=bid, ask=ask, taken_at=time.monotonic())
+
+    async def set_price(self, symbol: str, price: Decimal | str | int) -> list[ExchangeOrder]:
+        """Move ``symbol``'s reference price and fill this account's resting orders it crosses.
+
+        :return: The orders that filled because of the move (maker fills at their limit).
+        :raises ExchangeRejectedError: for an unknown symbol.
+        :raises OrderValidationError: for a price that is not a positive number.
+        """
+        self._paper_market(symbol)
+        self._prices[symbol] = to_decimal(price, "price")
+
+        def work(session: Session) -> list[ExchangeOrder]:
+            return [self._view(row) for row in self._fill_crossed(session, [symbol])]
+
+        return self._run(work)
+
+    # -- balances ------------------------------------------------------------------------
+
+    def _ensure_balances(self, session: Session, assets: Collection[str]) -> None:
+        """Create missing balance rows with their starting amounts (race-free)."""
+        now = utcnow()
+        values = [
+            {
+                "account": self.account,
+                "asset": asset,
+                "free": self._starting.get(asset, Decimal(0)),
+                "locked": Decimal(0),
+                "updated_at": now,
+            }
+            for asset in sorted(assets)
+        ]
+        if not values:
+            return
+        dialect = session.get_bind().dialect.name
+        if dialect == "sqlite":
+            session.execute(sqlite.insert(PaperBalanceRow).values(values).on_conflict_do_nothing())
+        elif dialect == "postgresql":
+            session.execute(
+                postgresql.insert(PaperBalanceRow).values(values).on_conflict_do_nothing()
+            )
+        else:  # pragma: no cover - other backends: check, then insert
+            have = set(
+                session.scalars(
+                    select(PaperBalanceRow.asset).where(
+                        PaperBalanceRow.account == self.account,
+                        PaperBalanceRow.asset.in_(list(assets)),
+                    )
+                )
+            )
+            session.add_all(PaperBalanceRow(**v) for v in values if v["asset"] not in have)
+            session.flush()
+
+    def _lock_balances(self, session: Session, assets: Iterable[str]) -> dict[str, PaperBalanceRow]:
+        """The account's balance rows for ``assets``, locked for update (in asset order)."""
+        wanted = sorted(set(assets))
+        self._ensure_balances(session, wanted)
+        rows = session.scalars(
+            select(PaperBalanceRow)
+            .where(PaperBalanceRow.account == self.account, PaperBalanceRow.asset.in_(wanted))
+            .order_by(PaperBalanceRow.asset)
+            .with_for_update()
+        ).all()
+        return {row.asset: row for row in rows}
+
+    async def fetch_balances(self) -> dict[str, PaperBalance]:
+        """Every balance of the account (starting balances are created if missing)."""
+
+        def work(session: Session) -> dict[str, PaperBalance]:
+            self._fill_crossed(session, None)
+            self._ensure_balances(session, self._starting)
+            rows = session.scalars(
+                select(PaperBalanceRow)
+                .where(PaperBalanceRow.account == self.account)
+                .order_by(PaperBalanceRow.asset)
+            ).all()
+            return {r.asset: PaperBalance(r.asset, r.free, r.locked) for r in rows}
+
+        return self._run(work)
+
+    # -- orders --------------------------------------------------------------------------
+
+    @staticmethod
+    def _view(row: PaperOrderRow) -> ExchangeOrder:
+        return ExchangeOrder(
+            external_id=row.exchange_order_id,
+            client_order_id=row.client_order_id,
+            status=OrderStatus(row.status),
+            symbol=row.symbol,
+            filled_qty=row.filled,
+            avg_price=row.avg_price,
+            amount=row.amount,
+            price=row.price,
+            raw_status=row.status,
+        )
+
+    def _find(
+        self,
+        session: Session,
+        external_id: str | None,
+        client_order_id: str | None,
+        *,
+        lock: bool = False,
+    ) -> PaperOrderRow | None:
+        query = select(PaperOrderRow).where(PaperOrderRow.account == self.account)
+        if external_id:
+            query = query.where(PaperOrderRow.exchange_order_id == external_id)
+        elif client_order_id:
+            query = query.where(PaperOrderRow.client_order_id == client_order_id)
+        else:
+            return None
+        if lock:
+            query = query.with_for_update()
+        return session.scalars(query).one_or_none()
+
+    def _crosses(self, row: PaperOrderRow) -> bool:
+        paper = self._markets.get(row.symbol)
+        if paper is None or not paper.market.active or row.price is None:
+            return False
+        bid, ask = self._touch(row.symbol)
+        return ask <= row.price if row.side == Side.BUY else bid >= row.price
+
+    def _fill_crossed(self, session: Session, symbols: Sequence[str] | None) -> list[PaperOrderRow]:
+        """Fill (as makers, at their limit) the account's open orders the prices crossed."""
+        query = select(PaperOrderRow).where(
+            PaperOrderRow.account == self.account, PaperOrderRow.status == OrderStatus.OPEN.value
+        )
+        if symbols is not None:
+            query = query.where(PaperOrderRow.symbol.in_(list(symbols)))
+        rows = session.scalars(query.order_by(PaperOrderRow.id).with_for_update()).all()
+        crossed = [row for row in rows if self._crosses(row)]
+        if not crossed:
+            return []
+        assets: set[str] = set()
+        for row in crossed:
+            market = self._markets[row.symbol].market
+            assets.update((market.base, market.quote))
+        balances = self._lock_balances(session, assets)
+        for row in crossed:
+            assert row.price is not None
+            self._apply_fill(row, balances, row.price)
+        session.flush()
+        return crossed
+
+    def _apply_fill(
+        self, row: PaperOrderRow, balances: Mapping[str, PaperBalanceRow], price: Decimal
+    ) -> None:
+        """Fill ``row`` in full at ``price``: move base and quote, release its reservation."""
+        market = self._markets[row.symbol].market
+        cost = _storable(_mul(row.amount, price), "order value")
+        if row.side == Side.BUY:
+            spend_asset, spend, get_asset, get = market.quote, cost, market.base, row.amount
+        else:
+            spend_asset, spend, get_asset, get = market.base, row.amount, market.quote, cost
+        paying = balances[spend_asset]
+        if row.reserved:
+            if row.reserved_asset != spend_asset or row.reserved < spend:
+                raise AssertionError(f"paper order {row.exchange_order_id}: bad reservation")
+            paying.locked = _sub(paying.locked, row.reserved)
+            paying.free = _add(paying.free, _sub(row.reserved, spend))
+        else:
+            paying.free = _sub(paying.free, spend)
+        receiving = balances[get_asset]
+        receiving.free = _add(receiving.free, get)
+        if paying.free < 0 or paying.locked < 0:
+            raise AssertionError(f"paper balance of {spend_asset} would go negative")
+        now = utcnow()
+        row.status = OrderStatus.FILLED.value
+        row.filled = row.amount
+        row.avg_price = price
+        row.reserved = Decimal(0)
+        row.closed_at = now
+        row.updated_at = now
+
+    @staticmethod
+    def _check_client_order_id(client_order_id: str) -> None:
+        if not isinstance(client_order_id, str) or not client_order_id:
+            raise ExchangeRejectedError("client order id must be a non-empty string")
+        if len(client_order_id) > _MAX_ID_LENGTH:
+            raise ExchangeRejectedError(
+                f"client order id is longer than {_MAX_ID_LENGTH} characters"
+            )
+
+    @staticmethod
+    def _same_order(row: PaperOrderRow, order: OrderRequest) -> ExchangeOrder:
+        same = (
+            row.symbol == order.symbol
+            and row.side == order.side
+            and row.order_type == order.type
+            and row.amount == order.amount
+            and (order.type == OrderType.MARKET or row.price == order.price)
+        )
+        if not same:
+            raise ExchangeRejectedError(
+                f"client order id {row.client_order_id!r} is already used by paper order "
+                f"{row.exchange_order_id} ({row.side} {row.order_type} {row.amount} "
+                f"{row.symbol}); a different order needs a new client order id"
+            )
+        return PaperConnector._view(row)
+
+    def _validated(self, order: OrderRequest) -> tuple[Market, Decimal, Decimal | None]:
+        market = self._paper_market(order.symbol).market
+        if not market.active:
+            raise ExchangeRejectedError(f"market {order.symbol} is not active on paper")
+        if order.side not in (Side.BUY, Side.SELL):
+            raise ExchangeRejectedError(f"unsupported side {order.side!r}")
+        if order.type not in (OrderType.MARKET, OrderType.LIMIT):
+            raise ExchangeRejectedError(f"unsupported order type {order.type!r}")
+        amount = order.amount
+        if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
+            raise ExchangeRejectedError(f"amount must be a positive Decimal, got {amount!r}")
+        amount = _storable(normalize(amount), "amount")
+        if not _is_multiple(amount, market.amount_step):
+            raise ExchangeRejectedError(
+                f"amount {amount} is not a multiple of {market.symbol}'s step {market.amount_step}"
+            )
+        if market.min_amount is not None and amount < market.min_amount:
+            raise ExchangeRejectedError(
+                f"amount {amount} is below {market.symbol}'s minimum {market.min_amount}"
+            )
+        if market.max_amount is not None and amount > market.max_amount:
+            raise ExchangeRejectedError(
+                f"amount {amount} is above {market.symbol}'s maximum {market.max_amount}"
+            )
+        if order.type == OrderType.MARKET:
+            return market, amount, None
+        price = order.price
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise ExchangeRejectedError(
+                f"a limit order needs a positive Decimal price, got {price!r}"
+            )
+        price = _storable(normalize(price), "price")
+        if not _is_multiple(price, market.price_step):
+            raise ExchangeRejectedError(
+                f"price {price} is not a multiple of {market.symbol}'s tick {market.price_step}"
+            )
+        return market, amount, price
+
+    def _create_in(
+        self, session: Session, order: OrderRequest, client_order_id: str
+    ) -> ExchangeOrder:
+        existing = self._find(session, None, client_order_id)
+        if existing is not None:
+            return self._same_order(existing, order)
+        market, amount, price = self._validated(order)
+        self._fill_crossed(session, [market.symbol])
+        bid, ask = self._touch(market.symbol)
+        buy = order.side == Side.BUY
+        touch = ask if buy else bid
+        # A crossing limit order is a taker: it fills at the better of limit and touch,
+        # which for a crossing order is always the touch.
+        crosses = price is None or (price >= ask if buy else price <= bid)
+        unit = touch if price is None else price
+        value = _storable(_mul(amount, unit), "order value")
+        if market.min_cost is not None and value < market.min_cost:
+            raise ExchangeRejectedError(
+                f"order value {value} is below {market.symbol}'s minimum {market.min_cost}"
+            )
+        hold_asset, hold = (market.quote, value) if buy else (market.base, amount)
+        balances = self._lock_balances(session, (market.base, market.quote))
+        available = balances[hold_asset].free
+        if available < hold:
+            raise ExchangeRejectedError(
+                f"insufficient balance: {order.side} {amount} {market.symbol} needs {hold} "
+                f"{hold_asset}, account {self.account!r} has {available} {hold_asset} free"
+            )
+        row = PaperOrderRow(
+            account=self.account,
+            exchange_order_id=f"paper-{uuid.uuid4().hex}",
+            client_order_id=client_order_id,
+            symbol=market.symbol,
+            side=str(order.side),
+            order_type=str(order.type),
+            amount=amount,
+            price=price,
+            status=OrderStatus.OPEN.value,
+            filled=Decimal(0),
+            reserved=Decimal(0),
+        )
+        if crosses:
+            self._apply_fill(row, balances, touch)
+        else:
+            paying = balances[hold_asset]
+            paying.free = _sub(paying.free, hold)
+            paying.locked = _add(paying.locked, hold)
+            row.reserved_asset = hold_asset
+            row.reserved = hold
+        session.add(row)
+        session.flush()
+        return self._view(row)
+
+    async def create_order(self, order: OrderRequest, client_order_id: str) -> ExchangeOrder:
+        """Place ``order``; see the module docstring for fills, funds and idempotency.
+
+        :raises ExchangeRejectedError: unknown or inactive symbol, step/minimum violations,
+            insufficient balance, or a different order under a used client order id.
+        """
+        self._check_client_order_id(client_order_id)
+        try:
+            return self._run(
+                lambda session: self._create_in(session, order, client_order_id),
+                pass_integrity_errors=True,
+            )
+        except IntegrityError:
+            # A concurrent create with the same client order id committed first.
+            existing = self._run(lambda session: self._find(session, None, client_order_id))
+            if existing is None:
+                raise ExchangeUnavailableError(
+                    f"paper exchange could not store order {client_order_id!r}"
+                ) from None
+            return self._same_order(existing, order)
+
+    def _not_found(
+        self, symbol: str, external_id: str | None, client_order_id: str
+    ) -> ExchangeOrderNotFoundError:
+        key = f"id {external_id!r}" if external_id else f"client order id {client_order_id!r}"
+        return ExchangeOrderNotFoundError(
+            f"paper account {self.account!r} has no {symbol} order with {key}"
+        )
+
+    async def fetch_order(
+        self, symbol: str, *, external_id: str | None, client_order_id: str
+    ) -> ExchangeOrder:
+        """The order by ``external_id`` when given, else by client order id.
+
+        :raises ExchangeOrderNotFoundError: no such order on ``symbol`` for this account.
+        """
+
+        def work(session: Session) -> ExchangeOrder:
+            if symbol in self._markets:
+                self._fill_crossed(session, [symbol])
+            row = self._find(session, external_id, client_order_id)
+            if row is None or row.symbol != symbol:
+                raise self._not_found(symbol, external_id, client_order_id)
+            return self._view(row)
+
+        return self._run(work)
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
+        """The account's resting orders, oldest first (optionally for one symbol)."""
+
+        def work(session: Session) -> list[ExchangeOrder]:
+            self._fill_crossed(session, None if symbol is None else [symbol])
+            query = select(PaperOrderRow).where(
+                PaperOrderRow.account == self.account,
+                PaperOrderRow.status == OrderStatus.OPEN.value,
+            )
+            if symbol is not None:
+                query = query.where(PaperOrderRow.symbol == symbol)
+            return [self._view(r) for r in session.scalars(query.order_by(PaperOrderRow.id))]
+
+        return self._run(work)
+
+    async def cancel_order(
+        self, symbol: str, *, external_id: str | None, client_order_id: str
+    ) -> ExchangeOrder:
+        """Cancel a resting order and release what it reserved.
+
+        :raises ExchangeOrderNotFoundError: no such order on ``symbol`` for this account.
+        :raises ExchangeRejectedError: the order is already filled or canceled.
+        """
+
+        def work(session: Session) -> ExchangeOrder:
+            if symbol in self._markets:
+                self._fill_crossed(session, [symbol])
+            row = self._find(session, external_id, client_order_id, lock=True)
+            if row is None or row.symbol != symbol:
+                raise self._not_found(symbol, external_id, client_order_id)
+            if row.status != OrderStatus.OPEN.value:
+                raise ExchangeRejectedError(
+                    f"paper order {row.exchange_order_id} is already {row.status}; "
+                    f"only open orders can be canceled"
+                )
+            if row.reserved:
+                assert row.reserved_asset is not None
+                paying = self._lock_balances(session, [row.reserved_asset])[row.reserved_asset]
+                paying.locked = _sub(paying.locked, row.reserved)
+                paying.free = _add(paying.free, row.reserved)
+            now = utcnow()
+            row.status = OrderStatus.CANCELED.value
+            row.reserved = Decimal(0)
+            row.closed_at = now
+            row.updated_at = now
+            session.flush()
+            return self._view(row)
+
+        return self._run(work)
