@@ -172,7 +172,7 @@ def parse_retry_after(headers: Mapping[str, Any] | None) -> float | None:
     value = next((v for k, v in headers.items() if str(k).lower() == "retry-after"), None)
     if value is None:
         return None
-    text = str(value).split(",")[0].strip()
+    text = str(value).strip()
     try:
         return max(0.0, float(text))
     except ValueError:
@@ -595,8 +595,13 @@ class CcxtConnector(Connector):
             ) from None
 
     async def close(self) -> None:
-        """Close the exchange object's HTTP session (a later call opens a new one)."""
+        """Close the exchange object's HTTP session and drop the caches built on it.
+
+        A later call builds a fresh exchange object (and loads markets again).
+        """
         exchange, self._exchange = self._exchange, None
+        self._markets = None
+        self._quotes.clear()
         if exchange is not None:
             await exchange.close()
 

@@ -356,3 +356,35 @@ def test_fake_server_runs_in_a_background_thread() -> None:
     assert status is OrderStatus.FILLED
     assert count == 2
     assert server.book.balance("BTC") == D("1.002")
+
+
+async def test_fresh_connector_can_fetch_by_client_id_without_loading_markets_first(
+    binance_server: FakeBinanceServer,
+) -> None:
+    """What reconcile does after a restart: only the client order id is known."""
+    first = connector_for(binance_server)
+    try:
+        await first.create_order(limit(Side.BUY, "0.01", "40000"), "bb-restart")
+    finally:
+        await first.close()
+    second = connector_for(binance_server)
+    try:
+        found = await second.fetch_order("BTC/USDT", external_id=None,
+                                         client_order_id="bb-restart")
+    finally:
+        await second.close()
+    assert found.status is OrderStatus.OPEN
+    assert found.client_order_id == "bb-restart"
+
+
+async def test_connector_works_again_after_close(
+    connector: BinanceConnector, binance_server: FakeBinanceServer
+) -> None:
+    await connector.load_markets()
+    await connector.close()
+    assert connector._exchange is None
+    markets = await connector.load_markets()
+    assert "BTC/USDT" in markets
+    assert len(binance_server.requests_to("/api/v3/exchangeInfo")) == 2
+    result = await connector.create_order(market_buy("0.001"), "bb-reopen")
+    assert result.status is OrderStatus.FILLED
