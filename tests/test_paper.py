@@ -33,7 +33,8 @@ from bagbot_core.errors import (
     ExchangeUnavailableError,
 )
 from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Side
-from bagbot_core.paper import PaperBalance, PaperConnector, PaperOrderRow
+from bagbot_core.paper.connector import PaperBalance, PaperConnector
+from bagbot_core.paper.models import PaperOrderRow
 from bagbot_core.plugins import PluginRegistry
 from bagbot_core.status import OrderStatus
 

@@ -5,27 +5,7 @@ in :mod:`bagbot_core.paper.plugin`) and needs no keys and no network. Its book a
 are tables next to the router's ``orders`` table (:mod:`bagbot_core.paper.models`), so
 separate ``bagbot`` invocations share them. The fill, funds and idempotency rules are
 documented in :mod:`bagbot_core.paper.connector`.
+
+Import from the submodules; this package stays empty so that loading the plugin (listing
+plugins, ``bagbot --help``) does not import SQLAlchemy.
 """
-
-from __future__ import annotations
-
-from bagbot_core.paper.connector import (
-    DEFAULT_BALANCES,
-    DEFAULT_MARKETS,
-    DEFAULT_SPREAD,
-    PaperBalance,
-    PaperConnector,
-    PaperMarket,
-)
-from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
-
-__all__ = [
-    "DEFAULT_BALANCES",
-    "DEFAULT_MARKETS",
-    "DEFAULT_SPREAD",
-    "PaperBalance",
-    "PaperBalanceRow",
-    "PaperConnector",
-    "PaperMarket",
-    "PaperOrderRow",
-]
