@@ -11,14 +11,16 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bagbot_core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 ENV_DATABASE_URL = "BAGBOT_DATABASE_URL"
 ENV_SQLITE_BUSY_TIMEOUT = "BAGBOT_SQLITE_BUSY_TIMEOUT_MS"
@@ -110,7 +112,17 @@ def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
 
 
 def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> AsyncEngine:
-    """An :class:`AsyncEngine` for ``url`` (``sqlite`` -> aiosqlite, ``postgresql`` -> psycopg)."""
+    """An :class:`AsyncEngine` for ``url`` (``sqlite`` -> aiosqlite, ``postgresql`` -> psycopg).
+
+    Needs the ``bagbot-core[asyncio]`` extra (greenlet, aiosqlite).
+    """
+    try:
+        from sqlalchemy.ext.asyncio import create_async_engine
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"async database sessions need the asyncio extra: pip install 'bagbot-core[asyncio]' "
+            f"({exc})"
+        ) from None
     parsed = make_url(database_url(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite":
