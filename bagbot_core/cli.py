@@ -586,7 +586,7 @@ def plugins(as_json: bool) -> None:
 
 @cli.group()
 def db() -> None:
-    """The database: create its tables, show its URL."""
+    """The database: create its tables, upgrade its schema, show its URL."""
 
 
 @db.command("init")
@@ -602,6 +602,26 @@ def db_init(settings: Settings) -> None:
     finally:
         engine.dispose()
     click.echo(f"initialized {hidden_url(url)}")
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target schema revision.")
+@click.pass_obj
+def db_upgrade(settings: Settings, revision: str) -> None:
+    """Upgrade the database schema (back the database up first)."""
+    from bagbot_core.db import get_engine
+    from bagbot_core.migrate import upgrade
+
+    url = settings.url()
+    engine = get_engine(url, create_tables=False)
+    try:
+        before, after = upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    if before == after:
+        click.echo(f"{hidden_url(url)} is already at schema revision {after}")
+    else:
+        click.echo(f"upgraded {hidden_url(url)} from {before or 'empty'} to {after}")
 
 
 @db.command("url")

@@ -142,11 +142,14 @@ def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> A
 
 
 def init_db(engine: Engine) -> None:
-    """Create every bagbot table that does not exist yet (orders, paper exchange)."""
-    from bagbot_core.models import Base
-    from bagbot_core.paper import models as _paper_models  # noqa: F401 - registers tables
+    """Make sure ``engine``'s database has bagbot's tables at the current schema.
 
-    Base.metadata.create_all(engine)
+    An empty database is created through the migrations; one behind the current schema is
+    refused with a :class:`ConfigurationError` telling to run ``bagbot db upgrade``.
+    """
+    from bagbot_core.migrate import ensure_schema
+
+    ensure_schema(engine)
 
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -91,6 +92,7 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_connector_external_id", "connector", "external_id"),
         Index("ix_orders_status", "status"),
+        UniqueConstraint("client_order_id", name="uq_orders_client_order_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -106,11 +108,13 @@ class Order(Base):
         UTCDateTime(), default=utcnow, onupdate=utcnow
     )
     # Beyond the seed: what routing, reconciliation and the audit trail need.
-    client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    client_order_id: Mapped[str] = mapped_column(String(64))
     connector: Mapped[str] = mapped_column(String(64))
     order_type: Mapped[str] = mapped_column(String(16))
     testnet: Mapped[bool] = mapped_column(Boolean, default=True)
     filled_qty: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
+    #: The amount the caller asked for; ``qty`` is what was sent after market rounding.
+    requested_qty: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     avg_price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     exchange_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -290,7 +290,8 @@ class Router:
         row = {
             "user_id": user_id, "connector": connector_name, "symbol": request.symbol,
             "side": request.side.value, "order_type": request.type.value,
-            "qty": request.amount, "price": request.price, "testnet": testnet,
+            "qty": request.amount, "requested_qty": request.amount, "price": request.price,
+            "testnet": testnet,
             "client_order_id": client_order_id,
         }
 

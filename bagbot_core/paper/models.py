@@ -47,12 +47,13 @@ class PaperOrderRow(Base):
     __tablename__ = "paper_orders"
     __table_args__ = (
         UniqueConstraint("account", "client_order_id", name="uq_paper_orders_client_order_id"),
+        UniqueConstraint("exchange_order_id", name="uq_paper_orders_exchange_order_id"),
         Index("ix_paper_orders_account_status_symbol", "account", "status", "symbol"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account: Mapped[str] = mapped_column(String(64))
-    exchange_order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    exchange_order_id: Mapped[str] = mapped_column(String(64))
     client_order_id: Mapped[str] = mapped_column(String(64))
     symbol: Mapped[str] = mapped_column(String(64))
     side: Mapped[str] = mapped_column(String(8))

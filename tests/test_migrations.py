@@ -1,0 +1,109 @@
+"""Schema migrations: new databases at head, old databases upgraded without loss."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from bagbot_core.db import get_engine, session_factory
+from bagbot_core.errors import ConfigurationError
+from bagbot_core.migrate import current_revision, ensure_schema, upgrade
+from bagbot_core.migrations import HEAD
+from bagbot_core.models import Base, Order
+from bagbot_core.paper import models as _paper_models  # noqa: F401 - registers its tables
+
+
+def fresh_engine(url: str) -> object:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in ("paper_orders", "paper_balances", "orders", "alembic_version"):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    return engine
+
+
+def test_new_database_is_created_at_head(db_url: str) -> None:
+    engine = get_engine(db_url)
+    with engine.connect() as conn:
+        assert current_revision(conn) == HEAD
+
+
+def test_migrated_schema_matches_the_models(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with get_engine(db_url).connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_first_released_schema_upgrades_without_loss(db_url: str) -> None:
+    engine = fresh_engine(db_url)
+    upgrade(engine, "0001")  # type: ignore[arg-type]
+    rows = [(f"old-{i}", f"{i}.123456789012345678", "rejected" if i % 2 else "filled")
+            for i in range(50)]
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        for cid, qty, status in rows:
+            conn.execute(text(
+                "INSERT INTO orders (user_id, symbol, qty, price, side, status, created_at, "
+                "updated_at, client_order_id, connector, order_type, testnet, filled_qty) VALUES "
+                "('u', 'BTC/USDT', :qty, NULL, 'buy', :status, :ts, :ts, :cid, 'paper', "
+                "'market', true, '0')"),
+                {"qty": qty, "status": status, "cid": cid,
+                 "ts": "2026-01-01 00:00:00+00:00"})
+    with pytest.raises(ConfigurationError, match="bagbot db upgrade"):
+        ensure_schema(engine)  # type: ignore[arg-type]
+    before, after = upgrade(engine)  # type: ignore[arg-type]
+    assert (before, after) == ("0001", HEAD)
+    with session_factory(engine)() as db:  # type: ignore[arg-type]
+        stored = {o.client_order_id: o for o in db.scalars(select(Order))}
+    assert len(stored) == 50
+    for cid, qty, status in rows:
+        assert stored[cid].qty == Decimal(qty) == stored[cid].requested_qty
+        assert stored[cid].status == status
+    engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_tables_without_version_are_taken_as_the_first_release(sqlite_url: str) -> None:
+    engine = fresh_engine(sqlite_url)
+    upgrade(engine, "0001")  # type: ignore[arg-type]
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("DROP TABLE alembic_version"))
+        assert current_revision(conn) == "0001"
+    assert upgrade(engine) == ("0001", HEAD)  # type: ignore[arg-type]
+
+
+def test_newer_database_is_refused(sqlite_url: str) -> None:
+    engine = get_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(ConfigurationError, match="newer than this bagbot"):
+        ensure_schema(engine)
+
+
+async def test_routed_orders_keep_the_requested_amount(router: object, db: object) -> None:
+    order = await router.route_order(  # type: ignore[attr-defined]
+        "scripted", {"symbol": "BTC/USDT", "side": "buy", "type": "market",
+                     "amount": "0.123456789"}, db, "u")
+    assert order.requested_qty == Decimal("0.123456789")
+    assert order.qty == Decimal("0.12345")
+
+
+def test_cli_db_upgrade(sqlite_url: str) -> None:
+    from click.testing import CliRunner
+
+    from bagbot_core.cli import cli as main
+
+    engine = fresh_engine(sqlite_url)
+    upgrade(engine, "0001")  # type: ignore[arg-type]
+    engine.dispose()  # type: ignore[attr-defined]
+    runner = CliRunner()
+    refused = runner.invoke(main, ["--database-url", sqlite_url, "orders", "list"])
+    assert refused.exit_code == 1 and "bagbot db upgrade" in refused.output
+    result = runner.invoke(main, ["--database-url", sqlite_url, "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert f"from 0001 to {HEAD}" in result.output
+    again = runner.invoke(main, ["--database-url", sqlite_url, "db", "upgrade"])
+    assert "already at schema revision" in again.output
+    assert runner.invoke(main, ["--database-url", sqlite_url, "orders", "list"]).exit_code == 0
