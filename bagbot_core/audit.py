@@ -44,10 +44,25 @@ _SENSITIVE_TEXT = re.compile(
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
                   re.DOTALL)
+# Every pattern above needs one of these words: text without any of them (almost every value
+# of almost every event) skips the three substitutions. Keep in step with the patterns.
+_REDACT_HINT = re.compile(
+    r"secret|passw|passphrase|signature|api[_-]?key|apikey|private[_-]?key|token"
+    r"|cb-access-|bearer|-----BEGIN",
+    re.IGNORECASE,
+)
 
 _configured_lock = threading.Lock()
 _configured = False
 _known_secrets: set[str] = set()
+#: Key name -> sensitive? Event keys are a small fixed set; the regex runs once per name.
+_key_is_sensitive: dict[str, bool] = {}
+#: Short strings already redacted -> result. Most event values repeat (the bound user id,
+#: connector, symbol and client order id come with every event of an order); cleared when a
+#: secret is added, so a value is never passed on unmasked after its secret became known.
+_redacted_cache: dict[str, str] = {}
+_CACHE_MAX_ITEMS = 4096
+_CACHE_MAX_TEXT = 200
 
 
 def add_known_secret(value: str) -> None:
@@ -57,31 +72,51 @@ def add_known_secret(value: str) -> None:
     register the ones they read from the environment. Values under 6 characters are
     ignored (masking them would shred ordinary text).
     """
-    if isinstance(value, str) and len(value) >= 6:
+    if isinstance(value, str) and len(value) >= 6 and value not in _known_secrets:
         _known_secrets.add(value)
+        _redacted_cache.clear()
 
 
 def is_sensitive_key(key: str) -> bool:
-    return bool(_SENSITIVE_KEY.search(key))
+    sensitive = _key_is_sensitive.get(key)
+    if sensitive is None:
+        sensitive = bool(_SENSITIVE_KEY.search(key))
+        if len(_key_is_sensitive) < 4096:
+            _key_is_sensitive[key] = sensitive
+    return sensitive
 
 
 def redact_text(text: str) -> str:
     """Mask credential-looking fragments in free text (exception messages, URLs)."""
+    cached = _redacted_cache.get(text)
+    if cached is not None:
+        return cached
+    result = _redact_text(text)
+    if len(text) <= _CACHE_MAX_TEXT:
+        if len(_redacted_cache) >= _CACHE_MAX_ITEMS:
+            _redacted_cache.clear()
+        _redacted_cache[text] = result
+    return result
+
+
+def _redact_text(text: str) -> str:
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if not _REDACT_HINT.search(text):
+        return text
     text = _PEM.sub(REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _SENSITIVE_TEXT.sub(lambda m: m.group("key") + REDACTED, text)
 
 
 def _redact_value(key: str | None, value: Any, depth: int = 0) -> Any:
-    if key is not None and _SENSITIVE_KEY.search(key) and value not in (None, ""):
+    if key is not None and is_sensitive_key(key) and value not in (None, ""):
         return REDACTED
-    if depth > 6:
-        return value
     if isinstance(value, str):
         return redact_text(value)
+    if value is None or isinstance(value, bool | int | float) or depth > 6:
+        return value
     if isinstance(value, Mapping):
         return {k: _redact_value(str(k), v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -98,11 +133,46 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
     return event_dict
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when an event is written (test runners swap it)."""
+
+    def write(self, text: str) -> int:
+        return (sys.stderr or sys.__stderr__).write(text)  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        (sys.stderr or sys.__stderr__).flush()  # type: ignore[union-attr]
+
+    def isatty(self) -> bool:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+#: Pass as ``stream`` to log to the current standard error.
+STDERR: Any = _Stderr()
+
+
+class _SafeWriteLogger(structlog.WriteLogger):
+    """A write logger whose failure (closed file, full disk) never breaks routing.
+
+    The audit trail matters, but an order that reached the exchange must still be recorded
+    in the database; a failed write goes to the process's original stderr instead.
+    """
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError) as exc:
+            fallback = sys.__stderr__
+            if fallback is not None:
+                fallback.write(f"bagbot audit log write failed ({exc}): {message}\n")
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
 def _choose_stream() -> TextIO:
     path = os.environ.get(ENV_LOG_FILE)
     if path:
         return open(path, "a", encoding="utf-8", buffering=1)
-    return sys.stderr
+    return STDERR  # type: ignore[no-any-return]
 
 
 def configure(
@@ -133,16 +203,17 @@ def configure(
         structlog.configure(
             processors=[
                 structlog.contextvars.merge_contextvars,
+                redact,  # before the level and timestamp: structlog's own, never secret
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
-                redact,
                 structlog.processors.format_exc_info,
                 renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(
                 logging.getLevelNamesMapping().get(level_name, logging.INFO)
             ),
-            logger_factory=structlog.PrintLoggerFactory(file=out),
+            # WriteLogger: one write + flush per event, without print()'s extra work.
+            logger_factory=lambda *_args: _SafeWriteLogger(file=out),
             cache_logger_on_first_use=True,
         )
         _configured = True
