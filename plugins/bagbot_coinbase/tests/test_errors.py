@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ import pytest
 from bagbot_coinbase.connector import CoinbaseConnector
 from bagbot_coinbase.testing import FakeCoinbaseServer, connector_for, generate_cdp_key
 
+from bagbot_core.connector import ConnectorSettings
 from bagbot_core.errors import (
     ExchangeOrderNotFoundError,
     ExchangeRejectedError,
@@ -154,9 +156,6 @@ async def test_malformed_answer_after_accept_is_unavailable(
 
 async def test_connection_refused_is_unavailable() -> None:
     name, pem = generate_cdp_key()
-    from bagbot_coinbase.connector import CoinbaseConnector
-    from bagbot_core.connector import ConnectorSettings
-
     conn = CoinbaseConnector(ConnectorSettings(config={
         "api_key": name, "api_secret": pem, "api_url": "http://127.0.0.1:9",
         "enable_rate_limit": False, "timeout": 2}))
@@ -204,7 +203,7 @@ async def test_retry_after_is_respected(
         await loaded.create_order(market_sell(), "bb-429b")
     assert posts(coinbase_server) == 1
     assert coinbase_server.requests_in_retry_windows() == []
-    time.sleep(0.45)
+    await asyncio.sleep(0.45)
     result = await loaded.create_order(market_sell(), "bb-429c")
     assert result.external_id
     assert coinbase_server.requests_in_retry_windows() == []
