@@ -52,3 +52,15 @@ def demo(session: nox.Session) -> None:
     session.install(".")
     tmp = session.create_tmp()
     session.run("bagbot", "--database-url", f"sqlite:///{tmp}/demo.db", "demo")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark harness (not in the default run): bagbot against the hand-written floor.
+
+    ``nox -s bench`` runs everything (about 15 minutes; PostgreSQL at 127.0.0.1 if it answers);
+    ``nox -s bench -- --quick`` is the smoke run; other arguments go to ``python -m benchmarks``.
+    """
+    session.install("-e", ".[postgres,asyncio,ccxt]", "-e", "plugins/bagbot_binance",
+                    "aiohttp>=3.9")
+    session.run("python", "-m", "benchmarks", *session.posargs)
