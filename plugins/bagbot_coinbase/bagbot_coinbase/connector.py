@@ -460,7 +460,12 @@ class CoinbaseConnector(CcxtConnector):
         :raises ExchangeRejectedError: refused (nothing placed), including ``success: false``.
         :raises ExchangeUnavailableError: no definite answer: the order may exist.
         """
-        await self.load_markets()
+        try:
+            await self.load_markets()
+        except BagbotError as exc:  # nothing was sent: a refusal, not an unknown outcome
+            raise ExchangeRejectedError(
+                f"coinbase: markets unavailable ({exc}); nothing was sent"
+            ) from None
         params: dict[str, Any] = {**order.params, "client_order_id": client_order_id}
         price: str | None = None if order.price is None else plain(order.price)
         if order.type is OrderType.MARKET and order.side is Side.BUY:
