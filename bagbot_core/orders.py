@@ -46,6 +46,11 @@ class OrderRequest:
     price: Decimal | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     client_order_id: str | None = None
+    #: The price the max-value check valued the order at (the limit price, or the ask/bid
+    #: quoted for a market order). Set by the router before ``create_order``; a connector
+    #: that must size a market order in quote currency uses it, so the order sent is the
+    #: order that was checked.
+    reference_price: Decimal | None = None
 
     @property
     def base(self) -> str:

@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
+import attrs
 from sqlalchemy import inspect as sa_inspect
 
 from bagbot_core import audit, store
@@ -369,7 +370,7 @@ class Router:
             if again:
                 self._log_risk(log, checks, again)
                 raise RiskCheckError(again)
-        return prepared
+        return attrs.evolve(prepared, reference_price=context.reference_price)
 
     @staticmethod
     def _log_risk(log: Any, checks: Any, violations: list[RiskViolation]) -> None:

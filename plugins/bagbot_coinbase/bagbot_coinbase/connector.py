@@ -54,12 +54,14 @@ Markets: one ``GET /api/v3/brokerage/market/products?product_type=SPOT``. ccxt's
 Orders: the router's client order id is sent as Coinbase's ``client_order_id`` (ccxt would
 send its own ``ccxt-<uuid>``). Coinbase de-duplicates on it: creating again with the same id
 returns the existing order and places nothing, so :meth:`CoinbaseConnector.create_order` is
-idempotent per client order id. A market buy is sent as ``quote_size`` = amount x the current
-ask (what ccxt does, and what Coinbase documents for market buys); the filled base amount is
-what the exchange reports, which may differ slightly if the price moved. Coinbase's create
-answer carries no status, amount or price: with ``fetch_after_create`` (default) the connector
-reads the order once (``GET /orders/historical/{id}``); if that read fails, or is off, the
-order is reported ``open`` with nothing filled -- accepted and live -- and sync settles it.
+idempotent per client order id. A market buy is sent as ``quote_size`` = amount x the ask
+the router's max-value check used (``OrderRequest.reference_price``; the current ask when
+called without the router), as ccxt does and Coinbase documents for market buys; the filled
+base amount is what the exchange reports, which may differ slightly if the price moved.
+Coinbase's create answer carries no status, amount or price: with ``fetch_after_create``
+(default) the connector reads the order once (``GET /orders/historical/{id}``); if that read
+fails, or is off, the order is reported ``open`` with nothing filled -- accepted and live --
+and sync settles it.
 No fill is ever invented.
 
 Finding an order by client order id (reconcile after a timeout): Advanced Trade has no lookup
@@ -468,7 +470,13 @@ class CoinbaseConnector(CcxtConnector):
             ) from None
         params: dict[str, Any] = {**order.params, "client_order_id": client_order_id}
         price: str | None = None if order.price is None else plain(order.price)
-        if order.type is OrderType.MARKET and order.side is Side.BUY:
+        market_buy = order.type is OrderType.MARKET and order.side is Side.BUY
+        if market_buy and order.reference_price is not None:
+            # Size at the price the max-value check used: the order sent is the order that
+            # was checked, even if the quote cache has moved on since.
+            params["cost"] = plain(order.amount * order.reference_price)
+            price = None
+        if market_buy and "cost" not in params:
             try:
                 quote = await self.fetch_quote(order.symbol)
             except BagbotError as exc:

@@ -117,6 +117,21 @@ async def test_market_buy_sends_our_client_order_id_and_quote_size(
     ]
 
 
+async def test_market_buy_is_sized_at_the_price_the_risk_check_used(
+    loaded: CoinbaseConnector, coinbase_server: FakeCoinbaseServer
+) -> None:
+    import attrs
+
+    # The router valued this order at 40000; the market has since moved to 50123.45. The
+    # order sent must be the order that was checked: 0.002 x 40000 = 80 USD, no new quote.
+    coinbase_server.book.set_price("BTC-USD", "50123.45")
+    checked = attrs.evolve(market(Side.BUY, "0.002"), reference_price=D("40000"))
+    await loaded.create_order(checked, "bb-cid-ref")
+    (body,) = created_bodies(coinbase_server)
+    assert body["order_configuration"] == {"market_market_ioc": {"quote_size": "80"}}
+    assert not [r for r in coinbase_server.requests if r.path.endswith("/BTC-USD")]
+
+
 async def test_market_sell_sends_base_size_and_fills_at_the_bid(
     loaded: CoinbaseConnector, coinbase_server: FakeCoinbaseServer
 ) -> None:
