@@ -1,0 +1,851 @@
+"""The connector conformance suite: one class of pytest tests every connector package reuses.
+
+Like ``sqlalchemy.testing.suite`` for dialects and Hydra's ``LauncherTestSuite`` for
+launchers, the core ships the tests that say what "a working bagbot connector" means, and a
+connector package runs them against its own fake exchange with a few lines::
+
+    import pytest
+    from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle
+
+    class TestBinanceConformance(ConnectorConformance):
+        connector_name = "binance"
+
+        @pytest.fixture
+        async def handle(self, binance_server) -> ExchangeHandle:
+            return BinanceHandle(binance_server)
+
+Every test builds a real :class:`~bagbot_core.router.Router` (plugins discovered through the
+``bagbot`` entry points), a SQLite *file* database, and routes orders the way an application
+does; the connector talks to the fake exchange behind the :class:`ExchangeHandle`. The
+handle is the whole contract between the suite and a connector package: where the fake
+lives (:attr:`ExchangeHandle.connector_config`), what it can simulate
+(:attr:`ExchangeHandle.requirements`) and a few fault and inspection operations.
+
+What a connector does not do, it declares -- on the connector (``Capabilities(cancel=False)``)
+or on the handle (``Requirements(drop_response=unsupported("why"))``) -- and the tests that
+need it **skip with that reason** instead of failing. Nothing in here names an exchange.
+
+Async tests carry ``@pytest.mark.asyncio`` and the async fixtures are ``pytest_asyncio``
+fixtures, so the suite runs whether or not the package sets ``asyncio_mode = "auto"`` (a
+package in strict mode must declare its own async ``handle`` fixture with
+``@pytest_asyncio.fixture``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import datetime as dt
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bagbot_core import audit
+from bagbot_core.connector import Capabilities, Connector
+from bagbot_core.db import dispose_engines, get_engine, session_factory, sync_url
+from bagbot_core.errors import (
+    ExchangeOrderNotFoundError,
+    ExchangeRejectedError,
+    OrderStatusUnknownError,
+    RiskCheckError,
+)
+from bagbot_core.models import Order
+from bagbot_core.orders import Market, Side
+from bagbot_core.plugins import ENTRY_POINT_GROUP, PluginRegistry
+from bagbot_core.risk import RiskLimits
+from bagbot_core.router import Router
+from bagbot_core.status import OrderStatus
+
+__all__ = [
+    "SUPPORTED",
+    "ConnectorConformance",
+    "ExchangeHandle",
+    "Harness",
+    "Requirements",
+    "Support",
+    "unsupported",
+]
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------
+# Requirements: what the connector + fake can do, and why not when they cannot
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Support:
+    """Whether one feature is available; ``reason`` says why not (shown in the skip)."""
+
+    supported: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.supported
+
+
+#: The feature is available.
+SUPPORTED = Support(True)
+
+
+def unsupported(reason: str) -> Support:
+    """The feature is not available, because ``reason`` (shown in every skip it causes)."""
+    if not reason.strip():
+        raise ValueError("say why the feature is unsupported: the reason is shown in the skip")
+    return Support(False, reason)
+
+
+@attrs.frozen
+class Requirements:
+    """What the connector and its fake exchange can do. Everything defaults to supported.
+
+    Close a feature with :func:`unsupported` and the tests needing it skip with the reason.
+    The first five mirror :class:`~bagbot_core.connector.Capabilities`: the connector's own
+    ``capabilities`` are honoured first (``Capabilities(cancel=False)`` skips the cancel
+    tests without any handle change); close them here only when the *fake* lacks them.
+
+    :ivar market_orders: market orders can be placed.
+    :ivar limit_orders: limit orders can be placed (and rest when they do not cross).
+    :ivar cancel: resting orders can be canceled.
+    :ivar fetch_by_client_order_id: ``fetch_order(symbol, external_id=None,
+        client_order_id=...)`` finds an order; reconcile of ``unknown`` rows depends on it.
+    :ivar fills_in_create_response: a market order's fill is in the create answer. When it
+        is not, the suite syncs the order before checking the fill instead of skipping.
+    :ivar move_market: :meth:`ExchangeHandle.set_price` works.
+    :ivar drop_response: :meth:`ExchangeHandle.drop_next_response` works.
+    :ivar reject_order: :meth:`ExchangeHandle.reject_next_order` works.
+    :ivar drain_balance: :meth:`ExchangeHandle.drain_balance` works.
+    :ivar count_market_requests: :meth:`ExchangeHandle.market_requests` counts something
+        (close it for connectors whose markets are local configuration).
+    :ivar credentials: the connector takes credentials and :attr:`ExchangeHandle.secrets`
+        lists canary values the fake accepts.
+    :ivar entry_point: the connector is installed through a ``bagbot`` entry point (built-in
+        connectors of bagbot-core are skipped automatically).
+    """
+
+    market_orders: Support = SUPPORTED
+    limit_orders: Support = SUPPORTED
+    cancel: Support = SUPPORTED
+    fetch_by_client_order_id: Support = SUPPORTED
+    fills_in_create_response: Support = SUPPORTED
+    move_market: Support = SUPPORTED
+    drop_response: Support = SUPPORTED
+    reject_order: Support = SUPPORTED
+    drain_balance: Support = SUPPORTED
+    count_market_requests: Support = SUPPORTED
+    credentials: Support = SUPPORTED
+    entry_point: Support = SUPPORTED
+
+
+#: Requirements fields that the connector's :class:`Capabilities` also declares.
+CAPABILITY_FIELDS = tuple(a.name for a in attrs.fields(Capabilities))
+
+
+# ---------------------------------------------------------------------------------------
+# The handle a connector package implements
+# ---------------------------------------------------------------------------------------
+
+
+class ExchangeHandle(abc.ABC):
+    """A connector package's handle on its fake exchange, for :class:`ConnectorConformance`.
+
+    Implement it in the package's tests and return it from the ``handle`` fixture (which
+    also starts and stops the fake). One handle serves one test; the suite then:
+
+    1. builds a ``Router`` with ``connector_config={connector_name: handle.connector_config}``;
+    2. calls :meth:`attach` with the connector the router built, before any order;
+    3. routes orders and calls the operations below.
+
+    **Market model the suite assumes.** On :attr:`symbol` the fake fills a market buy at
+    once, in full, at :meth:`market_fill_price` (``"buy"``) -- no fees, no partial fills. A
+    limit buy below the market rests ``open``; after :meth:`set_price` moves the market
+    through it, it fills in full at *its own limit price* (a maker fill). The account holds
+    enough of the quote asset for a dozen buys of :attr:`amount` and nothing in the fake is
+    shared with another test.
+
+    Operations are coroutines so a handle may talk to a fake in another process. An
+    operation whose :class:`Requirements` field is unsupported is never called.
+    """
+
+    #: A tradable unified symbol (``BASE/QUOTE``), active, with a quote in a USD stablecoin
+    #: (the max-value risk check values the order in USD).
+    symbol: str = "BTC/USDT"
+    #: A well-formed symbol the exchange does not list.
+    unknown_symbol: str = "NOPE/USDT"
+    #: An order size on :attr:`symbol`: on the amount step, above every minimum (the
+    #: market's and ``RiskLimits().min_order_qty``), worth under 1000 USD.
+    amount: Decimal = Decimal("0.001")
+    #: What the fake supports; see :class:`Requirements`.
+    requirements: Requirements = Requirements()
+    #: A fragment (case-insensitive) of the exchange's reason when funds are insufficient.
+    insufficient_funds_text: str = "insufficient"
+
+    connector: Connector | None = None
+
+    @property
+    @abc.abstractmethod
+    def connector_config(self) -> Mapping[str, Any]:
+        """The connector's configuration pointing it at the fake (URL, credentials,
+        timeouts, rate limiter off): the router's ``connector_config[connector_name]``.
+
+        Use short timeouts (a few seconds): :meth:`drop_next_response` waits for them.
+        """
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        """Canary credential values in :attr:`connector_config` that the fake accepts.
+
+        The secrets test fails if any of them appears in a log line, a row or an exception
+        text. Use unique, recognisable values (``"canary-secret-<uuid>"``), not defaults.
+        Required when ``requirements.credentials`` is supported.
+        """
+        return ()
+
+    def attach(self, connector: Connector) -> None:
+        """Receive the connector the router built (and will reuse), before any order.
+
+        The default keeps it in :attr:`connector`; in-process fakes (``paper``) that keep
+        their market in the connector use it to implement the operations.
+        """
+        self.connector = connector
+
+    # -- market -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def market_fill_price(self, side: Side) -> Decimal:
+        """The exact price a market order of ``side`` on :attr:`symbol` fills at right now
+        on the fake (its ask for a buy, its bid for a sell), as the fake knows it."""
+
+    async def set_price(self, price: Decimal) -> None:
+        """Move :attr:`symbol`'s market to ``price`` on the fake: resting limit buys at or
+        above the new ask (sells at or below the new bid) fill in full at their own limit
+        price. Needs ``requirements.move_market``."""
+        raise NotImplementedError
+
+    # -- faults -------------------------------------------------------------------------
+
+    async def drop_next_response(self) -> None:
+        """Make the next order placement *succeed on the exchange* but never answer it (the
+        connection dropped, or held until the client's timeout). The order must be on the
+        fake afterwards. Needs ``requirements.drop_response``."""
+        raise NotImplementedError
+
+    async def reject_next_order(self) -> str:
+        """Make the exchange definitely refuse the next order placement, and return a
+        fragment of the exchange's own message (it must reach the ``rejected`` row's
+        reason). Nothing may be placed. Needs ``requirements.reject_order``."""
+        raise NotImplementedError
+
+    async def drain_balance(self, asset: str) -> None:
+        """Set the account's free balance of ``asset`` to zero on the fake, so the next buy
+        is refused for funds (with :attr:`insufficient_funds_text` in the message). Needs
+        ``requirements.drain_balance``."""
+        raise NotImplementedError
+
+    # -- inspection ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def orders_for_client_id(self, client_order_id: str) -> int:
+        """How many orders the exchange holds with ``client_order_id`` (any status)."""
+
+    @abc.abstractmethod
+    async def client_ids_seen(self) -> Sequence[str]:
+        """Every client order id that arrived at the exchange in an order placement,
+        accepted or refused, in arrival order."""
+
+    async def market_requests(self) -> int:
+        """How many times the fake served its market list (e.g. ``GET exchangeInfo``).
+        Needs ``requirements.count_market_requests``."""
+        raise NotImplementedError
+
+    def logs(self) -> str:
+        """Text the connector wrote where the suite cannot see it (its own log file).
+
+        The suite already captures the audit log and every stdlib ``logging`` record (at
+        DEBUG); the default returns nothing else.
+        """
+        return ""
+
+
+# ---------------------------------------------------------------------------------------
+# The per-test harness
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.define
+class Harness:
+    """What each conformance test works with: router, database, connector, handle, logs."""
+
+    name: str
+    router: Router
+    db_url: str
+    session: Session
+    connector: Connector
+    handle: ExchangeHandle
+    audit_log: io.StringIO
+    caplog: pytest.LogCaptureFixture
+    timeout: float
+    user_id: str = "conformance-user"
+    #: Every exception the suite caught from bagbot, for the secrets test.
+    errors: list[BaseException] = attrs.Factory(list)
+
+    async def within(self, awaitable: Awaitable[T]) -> T:
+        """Await with the suite's per-operation timeout: a hung connector fails, not hangs."""
+        return await asyncio.wait_for(awaitable, self.timeout)
+
+    async def route(self, payload: Mapping[str, Any]) -> Order:
+        return await self.within(
+            self.router.route_order(self.name, payload, self.session, self.user_id)
+        )
+
+    async def route_fails(self, payload: Mapping[str, Any], error: type[Exception]) -> Order:
+        """Route ``payload`` expecting ``error``; return the row the router left."""
+        with pytest.raises(error) as info:
+            await self.route(payload)
+        self.errors.append(info.value)
+        order = getattr(info.value, "order", None)
+        assert isinstance(order, Order), f"{type(info.value).__name__} carries no order row"
+        return order
+
+    async def sync(self, order: Order) -> Order:
+        return await self.within(self.router.sync_order(self.session, order))
+
+    async def cancel(self, order: Order) -> Order:
+        return await self.within(self.router.cancel_order(self.session, order))
+
+    async def market(self, symbol: str) -> Market:
+        markets = await self.within(self.connector.load_markets())
+        assert symbol in markets, f"{symbol} is not among {self.name}'s markets"
+        return markets[symbol]
+
+    def stored_rows(self) -> list[Order]:
+        """Every order row, read through a fresh session (what another process would see)."""
+        with session_factory(get_engine(self.db_url))() as fresh:
+            return list(fresh.scalars(select(Order).order_by(Order.id)))
+
+    def row_count(self) -> int:
+        with session_factory(get_engine(self.db_url))() as fresh:
+            return int(fresh.scalar(select(func.count()).select_from(Order)) or 0)
+
+
+def _payload(symbol: str, side: str, type_: str, amount: Decimal,
+             price: Decimal | None = None, **extra: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {"symbol": symbol, "side": side, "type": type_,
+                               "amount": str(amount), **extra}
+    if price is not None:
+        payload["price"] = str(price)
+    return payload
+
+
+def _round_down(value: Decimal, step: Decimal | None) -> Decimal:
+    if step is None or step <= 0:
+        return value
+    return (value / step).quantize(Decimal(1), rounding=ROUND_DOWN) * step
+
+
+def _routed_url(session: Session) -> str:
+    """The database URL the router derives from ``session`` (part of its connector key), so
+    the connector the suite builds is the one the router reuses for every order."""
+    return sync_url(session.get_bind().engine.url.render_as_string(hide_password=False))
+
+
+def _describe_chain(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)) + repr(error)
+
+
+# ---------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------
+
+
+class ConnectorConformance:
+    """The conformance tests. Subclass as ``Test<Connector>``, set :attr:`connector_name`
+    and provide a ``handle`` fixture returning (or yielding) an :class:`ExchangeHandle`.
+
+    Override :meth:`make_registry` to register an in-process plugin, :meth:`risk_limits` for
+    other limits, :attr:`heavy_modules` for what importing the plugin must not import.
+    """
+
+    #: The name the connector is routed by (``route_order(connector_name, ...)``).
+    connector_name: ClassVar[str] = ""
+    #: Modules the plugin's entry-point module must not import (checked in a subprocess).
+    heavy_modules: ClassVar[tuple[str, ...]] = ("ccxt",)
+    #: Seconds any single router/connector operation may take before the test fails.
+    operation_timeout: ClassVar[float] = 30.0
+
+    # -- configuration a subclass may override ------------------------------------------
+
+    def make_registry(self) -> PluginRegistry:
+        """The registry each test's router uses: every installed plugin, none disabled."""
+        return PluginRegistry(disabled=())
+
+    def risk_limits(self) -> RiskLimits:
+        """The built-in checks' limits (the defaults, never the environment's)."""
+        return RiskLimits()
+
+    @pytest.fixture
+    def handle(self) -> ExchangeHandle:
+        pytest.fail(
+            f"{type(self).__name__} must define a `handle` fixture returning an "
+            "ExchangeHandle for its fake exchange (see bagbot_core.testing.conformance)"
+        )
+
+    # -- fixtures -----------------------------------------------------------------------
+
+    @pytest_asyncio.fixture
+    async def harness(
+        self, handle: ExchangeHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> AsyncIterator[Harness]:
+        """A router with the connector pointed at the fake, on a fresh SQLite file."""
+        name = self._name()
+        caplog.set_level(logging.DEBUG)
+        stream = io.StringIO()
+        audit.configure(fmt="json", stream=stream, level="debug", force=True)
+        db_url = f"sqlite:///{tmp_path / 'conformance.db'}"
+        session = session_factory(get_engine(db_url))()
+        router = Router(self.make_registry(), limits=self.risk_limits(),
+                        connector_config={name: dict(handle.connector_config)},
+                        allow_live=False)
+        routed_url = _routed_url(session)
+        try:
+            connector = await asyncio.wait_for(
+                router.get_connector(name, testnet=True, database_url=routed_url),
+                self.operation_timeout)
+            handle.attach(connector)
+            yield Harness(name=name, router=router, db_url=db_url, session=session,
+                          connector=connector, handle=handle, audit_log=stream,
+                          caplog=caplog, timeout=self.operation_timeout)
+        finally:
+            await router.aclose()
+            session.close()
+            dispose_engines()
+            audit.configure(force=True)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _name(self) -> str:
+        if not self.connector_name:
+            pytest.fail(f"{type(self).__name__}.connector_name is not set")
+        return self.connector_name
+
+    def require(self, harness: Harness, *features: str) -> None:
+        """Skip the test (with the declared reason) unless every feature is available."""
+        caps = harness.connector.capabilities
+        for feature in features:
+            if feature in CAPABILITY_FIELDS and not getattr(caps, feature):
+                pytest.skip(f"{harness.name} does not support {feature}: its connector "
+                            f"declares Capabilities({feature}=False)")
+            support: Support = getattr(harness.handle.requirements, feature)
+            if not support:
+                pytest.skip(f"{harness.name} does not support {feature}: {support.reason}")
+
+    async def _limit_price_below_market(self, harness: Harness, factor: str = "0.9") -> Decimal:
+        """A buy price that rests: ``factor`` x the bid, rounded down to the tick."""
+        market = await harness.market(harness.handle.symbol)
+        bid = await harness.handle.market_fill_price(Side.SELL)
+        price = _round_down(bid * Decimal(factor), market.price_step)
+        assert price > 0
+        return price
+
+    async def _exchange_state(self, harness: Harness, order: Order) -> Any:
+        return await harness.within(harness.connector.fetch_order(
+            order.symbol, external_id=order.external_id,
+            client_order_id=order.client_order_id))
+
+    # -- discovery and import cost ------------------------------------------------------
+
+    def test_discovered_through_entry_point(self, handle: ExchangeHandle) -> None:
+        """The connector is offered by an installed distribution's ``bagbot`` entry point."""
+        name = self._name()
+        if not handle.requirements.entry_point:
+            pytest.skip(f"{name} is not installed through an entry point: "
+                        f"{handle.requirements.entry_point.reason}")
+        connectors = PluginRegistry(disabled=()).connectors()
+        assert name in connectors, (
+            f"no installed plugin offers connector {name!r} (found: {sorted(connectors)}); "
+            f"is the distribution installed with a [project.entry-points.{ENTRY_POINT_GROUP}] "
+            "table?")
+        spec, provenance = connectors[name]
+        if provenance.distribution == "bagbot-core":
+            pytest.skip(f"{name} is built into bagbot-core: registered without an entry point")
+        try:
+            dist = importlib.metadata.distribution(provenance.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{name} comes from {provenance}, which is not an installed "
+                        "distribution")
+        eps = [ep for ep in dist.entry_points
+               if ep.group == ENTRY_POINT_GROUP and ep.name == provenance.plugin]
+        assert eps, f"{dist.metadata['Name']} has no {ENTRY_POINT_GROUP!r} entry point " \
+                    f"named {provenance.plugin!r}"
+        assert provenance.version == dist.version
+        assert spec.name == name
+        assert callable(spec.factory)
+        assert spec.description.strip(), "give the ConnectorSpec a one-line description"
+
+    def test_plugin_import_is_light(self, handle: ExchangeHandle) -> None:
+        """Importing the plugin module and listing its connectors imports no heavy library."""
+        name = self._name()
+        registry = self.make_registry()
+        connectors = registry.connectors()
+        assert name in connectors, f"no plugin offers connector {name!r}"
+        plugin = registry.pm.get_plugin(connectors[name][1].plugin)
+        module = getattr(plugin, "__name__", None) if isinstance(
+            plugin, type(sys)) else type(plugin).__module__
+        assert module, f"cannot tell which module registers {name!r}"
+        code = (
+            "import importlib, sys\n"
+            f"module = importlib.import_module({module!r})\n"
+            "hook = getattr(module, 'bagbot_add_connectors', None)\n"
+            "names = [spec.name for spec in hook()] if hook else []\n"
+            f"heavy = sorted(m for m in {list(self.heavy_modules)!r} if m in sys.modules)\n"
+            "print(repr((names, heavy)))\n"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        result = subprocess.run(  # noqa: S603 - our own interpreter and code
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+            check=False, env=env)
+        assert result.returncode == 0, f"importing {module} failed:\n{result.stderr}"
+        names, heavy = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our repr
+        assert heavy == [], f"importing {module} imported {heavy}: import them in the factory"
+        if isinstance(plugin, type(sys)):
+            assert name in names, f"{module}.bagbot_add_connectors() does not offer {name!r}"
+
+    # -- orders -------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_market_buy_fills_with_exact_amount_and_price(self, harness: Harness) -> None:
+        """A market buy fills in full; filled amount and average price are exact Decimals."""
+        self.require(harness, "market_orders")
+        h = harness.handle
+        expected_price = await h.market_fill_price(Side.BUY)
+        order = await harness.route(_payload(h.symbol, "buy", "market", h.amount))
+        caps = harness.connector.capabilities
+        if caps.fills_in_create_response and h.requirements.fills_in_create_response:
+            assert order.status == OrderStatus.FILLED, (
+                f"the create answer should carry the fill; got {order.status} "
+                f"({order.exchange_status}); declare Capabilities(fills_in_create_response="
+                "False) if the exchange fills later")
+        else:
+            order = await harness.sync(order)
+        assert order.status == OrderStatus.FILLED
+        assert order.external_id, "the exchange's order id was not recorded"
+        assert isinstance(order.filled_qty, Decimal)
+        assert order.filled_qty == h.amount
+        assert isinstance(order.avg_price, Decimal)
+        assert order.avg_price == expected_price, (
+            f"average price {order.avg_price} != fill price {expected_price} (floats?)")
+        stored = {r.id: r for r in harness.stored_rows()}[order.id]
+        assert (stored.status, stored.filled_qty, stored.avg_price) == (
+            "filled", h.amount, expected_price)
+
+    @pytest.mark.asyncio
+    async def test_limit_order_rests_then_fills_when_the_market_moves(
+        self, harness: Harness
+    ) -> None:
+        """A limit buy below the market rests open, syncs open, then fills at its limit."""
+        self.require(harness, "limit_orders", "move_market")
+        h = harness.handle
+        price = await self._limit_price_below_market(harness)
+        order = await harness.route(_payload(h.symbol, "buy", "limit", h.amount, price))
+        assert order.status == OrderStatus.OPEN, (
+            f"a limit buy at {price}, below the market, must rest open; got {order.status}")
+        assert order.filled_qty == 0
+        assert order.external_id
+        order = await harness.sync(order)
+        assert order.status == OrderStatus.OPEN
+        assert order.filled_qty == 0
+        await h.set_price(_round_down(price * Decimal("0.98"),
+                                      (await harness.market(h.symbol)).price_step))
+        order = await harness.sync(order)
+        assert order.status == OrderStatus.FILLED, (
+            f"after the market moved through {price} the order should be filled; "
+            f"got {order.status} ({order.exchange_status})")
+        assert order.filled_qty == h.amount
+        assert order.avg_price == price, f"maker fill at the limit {price}, got {order.avg_price}"
+        state = await self._exchange_state(harness, order)
+        assert state.status == OrderStatus.FILLED
+
+    @pytest.mark.asyncio
+    async def test_limit_order_is_canceled(self, harness: Harness) -> None:
+        """A resting limit order is canceled on the exchange and the row says so."""
+        self.require(harness, "limit_orders", "cancel")
+        h = harness.handle
+        price = await self._limit_price_below_market(harness, "0.85")
+        order = await harness.route(_payload(h.symbol, "buy", "limit", h.amount, price))
+        assert order.status == OrderStatus.OPEN
+        order = await harness.cancel(order)
+        assert order.status == OrderStatus.CANCELED
+        assert order.filled_qty == 0
+        state = await self._exchange_state(harness, order)
+        assert state.status == OrderStatus.CANCELED, "the exchange still has the order live"
+        order = await harness.sync(order)
+        assert order.status == OrderStatus.CANCELED
+        stored = {r.id: r for r in harness.stored_rows()}[order.id]
+        assert stored.status == "canceled"
+        with pytest.raises(ExchangeOrderNotFoundError) as info:
+            await harness.within(harness.connector.cancel_order(
+                h.symbol, external_id=None, client_order_id="bbnosuchorder" + uuid.uuid4().hex))
+        harness.errors.append(info.value)
+
+    @pytest.mark.asyncio
+    async def test_route_order_leaves_one_row_per_call(self, harness: Harness) -> None:
+        """Filled, resting, refused-before-send and risk-refused orders: one row each."""
+        h = harness.handle
+        calls: list[tuple[dict[str, Any], type[Exception] | None]] = []
+        caps = harness.connector.capabilities
+        if caps.market_orders and h.requirements.market_orders:
+            calls.append((_payload(h.symbol, "buy", "market", h.amount), None))
+        if caps.limit_orders and h.requirements.limit_orders:
+            price = await self._limit_price_below_market(harness)
+            calls.append((_payload(h.symbol, "buy", "limit", h.amount, price), None))
+        if not calls:
+            pytest.skip(f"{harness.name} supports neither market nor limit orders")
+        type_ = str(calls[0][0]["type"])
+        price_field = calls[0][0].get("price")
+        extra_price = None if price_field is None else Decimal(price_field)
+        calls.append((_payload(h.unknown_symbol, "buy", type_, h.amount, extra_price),
+                      RiskCheckError))
+        too_many = self.risk_limits().max_order_qty + 1
+        calls.append((_payload(h.symbol, "buy", type_, too_many, extra_price), RiskCheckError))
+        ids = []
+        for number, (payload, error) in enumerate(calls, start=1):
+            if error is None:
+                order = await harness.route(payload)
+            else:
+                order = await harness.route_fails(payload, error)
+            ids.append(order.id)
+            assert harness.row_count() == number, f"call {number} ({payload}) left " \
+                                                  f"{harness.row_count() - number + 1} rows"
+        rows = harness.stored_rows()
+        assert [r.id for r in rows] == ids
+        assert all(r.connector == harness.name and r.user_id == harness.user_id for r in rows)
+        assert len({r.client_order_id for r in rows}) == len(rows)
+        assert [r.status for r in rows[-2:]] == ["rejected", "rejected"]
+        assert harness.db_url.startswith("sqlite:///")
+        assert await asyncio.to_thread(Path(harness.db_url[len("sqlite:///"):]).is_file)
+
+    @pytest.mark.asyncio
+    async def test_client_order_id_reaches_the_exchange_and_finds_the_order(
+        self, harness: Harness
+    ) -> None:
+        """The router's client order id is what the exchange stores, and finds the order."""
+        self.require(harness, "fetch_by_client_order_id")
+        h = harness.handle
+        payload = await self._any_order(harness)
+        order = await harness.route(payload)
+        cid = order.client_order_id
+        assert cid in await h.client_ids_seen(), "the exchange never saw the client order id"
+        assert await h.orders_for_client_id(cid) == 1, (
+            f"the exchange holds {await h.orders_for_client_id(cid)} orders for {cid}")
+        state = await harness.within(harness.connector.fetch_order(
+            h.symbol, external_id=None, client_order_id=cid))
+        assert state.external_id == order.external_id
+        assert state.client_order_id in (None, cid)
+        assert state.status == OrderStatus(order.status)
+
+    @pytest.mark.asyncio
+    async def test_idempotency_key_never_places_a_second_order(self, harness: Harness) -> None:
+        """The caller's ``client_order_id`` is sent as is; routing it again places nothing."""
+        h = harness.handle
+        key = "conf" + uuid.uuid4().hex[:20]
+        payload = {**(await self._any_order(harness)), "client_order_id": key}
+        first = await harness.route(payload)
+        assert first.client_order_id == key
+        again = await harness.route(payload)
+        assert again.id == first.id
+        assert await h.orders_for_client_id(key) == 1
+        assert list(await h.client_ids_seen()).count(key) == 1
+        assert harness.row_count() == 1
+
+    @pytest.mark.asyncio
+    async def test_fetch_of_an_unknown_order_is_not_found(self, harness: Harness) -> None:
+        """An order the exchange does not know raises ExchangeOrderNotFoundError -- the
+        signal reconcile uses to call an order lost."""
+        self.require(harness, "fetch_by_client_order_id")
+        with pytest.raises(ExchangeOrderNotFoundError) as info:
+            await harness.within(harness.connector.fetch_order(
+                harness.handle.symbol, external_id=None,
+                client_order_id="bbnosuchorder" + uuid.uuid4().hex[:16]))
+        harness.errors.append(info.value)
+
+    @pytest.mark.asyncio
+    async def test_exchange_rejection_becomes_a_rejected_row(self, harness: Harness) -> None:
+        """A definite refusal is ``rejected`` with the exchange's reason, never ``unknown``."""
+        self.require(harness, "reject_order")
+        h = harness.handle
+        payload = await self._any_order(harness)
+        words = await h.reject_next_order()
+        order = await harness.route_fails(payload, ExchangeRejectedError)
+        assert order.status == OrderStatus.REJECTED
+        assert words.lower() in (order.reason or "").lower(), (
+            f"the exchange said {words!r}; the row says {order.reason!r}")
+        stored = {r.id: r for r in harness.stored_rows()}[order.id]
+        assert stored.status == "rejected"
+        assert stored.reason == order.reason
+        assert await h.orders_for_client_id(order.client_order_id) == 0
+
+    @pytest.mark.asyncio
+    async def test_timeout_after_accept_is_unknown_and_reconciles(self, harness: Harness) -> None:
+        """Accepted but unanswered: ``unknown``, never resent; reconcile finds the truth."""
+        self.require(harness, "market_orders", "drop_response", "fetch_by_client_order_id")
+        h = harness.handle
+        await h.drop_next_response()
+        order = await harness.route_fails(_payload(h.symbol, "buy", "market", h.amount),
+                                          OrderStatusUnknownError)
+        cid = order.client_order_id
+        assert order.status == OrderStatus.UNKNOWN, f"got {order.status}: {order.reason}"
+        assert await h.orders_for_client_id(cid) == 1, "the order should be on the exchange"
+        assert list(await h.client_ids_seen()).count(cid) == 1, "the order was resent"
+        changed = await harness.within(harness.router.reconcile(
+            harness.session, harness.name, grace=dt.timedelta(0)))
+        assert [o.id for o in changed] == [order.id]
+        truth = await harness.within(harness.connector.fetch_order(
+            h.symbol, external_id=None, client_order_id=cid))
+        assert order.status == truth.status == OrderStatus.FILLED
+        assert order.external_id == truth.external_id
+        assert order.filled_qty == h.amount
+        assert await h.orders_for_client_id(cid) == 1
+        assert harness.row_count() == 1
+
+    @pytest.mark.asyncio
+    async def test_insufficient_funds_is_rejected(self, harness: Harness) -> None:
+        """A buy the account cannot pay for is ``rejected`` with the exchange's reason."""
+        self.require(harness, "drain_balance")
+        h = harness.handle
+        payload = await self._any_order(harness)
+        market = await harness.market(h.symbol)
+        await h.drain_balance(market.quote)
+        order = await harness.route_fails(payload, ExchangeRejectedError)
+        assert order.status == OrderStatus.REJECTED
+        assert h.insufficient_funds_text.lower() in (order.reason or "").lower(), order.reason
+        assert await h.orders_for_client_id(order.client_order_id) == 0
+
+    @pytest.mark.asyncio
+    async def test_unknown_symbol_is_refused_before_the_exchange(self, harness: Harness) -> None:
+        """The ``valid_symbol`` check refuses it; no placement reaches the exchange."""
+        h = harness.handle
+        before = list(await h.client_ids_seen())
+        order = await harness.route_fails(
+            _payload(h.unknown_symbol, "buy", "limit", h.amount, Decimal(1)), RiskCheckError)
+        assert order.status == OrderStatus.REJECTED
+        error = harness.errors[-1]
+        assert isinstance(error, RiskCheckError)
+        assert [v.check for v in error.violations] == ["valid_symbol"]
+        assert list(await h.client_ids_seen()) == before, "a placement reached the exchange"
+        assert await h.orders_for_client_id(order.client_order_id) == 0
+
+    @pytest.mark.asyncio
+    async def test_amount_is_rounded_down_to_the_market_step(self, harness: Harness) -> None:
+        """Too many decimals: the amount is rounded *down* to the step before sending."""
+        h = harness.handle
+        market = await harness.market(h.symbol)
+        step = market.amount_step
+        if step is None:
+            pytest.skip(f"{h.symbol} on {harness.name} has no amount step")
+        expected = _round_down(h.amount, step)
+        assert expected == h.amount, f"handle.amount {h.amount} is not on the step {step}"
+        ragged = h.amount + step * Decimal("0.7")
+        payload = await self._any_order(harness, amount=ragged)
+        order = await harness.route(payload)
+        assert order.qty == expected, f"sent {order.qty}, expected {expected} (rounded down)"
+        state = await self._exchange_state(harness, order)
+        if state.amount is not None:
+            assert state.amount == expected, f"the exchange holds {state.amount}"
+        if order.status == OrderStatus.FILLED:
+            assert order.filled_qty == expected
+
+    @pytest.mark.asyncio
+    async def test_no_secret_leaks(self, harness: Harness) -> None:
+        """Canary credentials never appear in logs, rows or exception texts."""
+        self.require(harness, "credentials")
+        h = harness.handle
+        canaries = [s for s in h.secrets if s]
+        assert canaries, "requirements.credentials is supported but handle.secrets is empty"
+        caps = harness.connector.capabilities
+        req = h.requirements
+        await harness.route(await self._any_order(harness))
+        if req.reject_order:
+            await h.reject_next_order()
+            await harness.route_fails(await self._any_order(harness), ExchangeRejectedError)
+        if req.drop_response and caps.market_orders and req.market_orders:
+            await h.drop_next_response()
+            await harness.route_fails(_payload(h.symbol, "buy", "market", h.amount),
+                                      OrderStatusUnknownError)
+            await harness.within(harness.router.reconcile(
+                harness.session, harness.name, grace=dt.timedelta(0)))
+        await harness.route_fails(
+            _payload(h.unknown_symbol, "buy", "limit", h.amount, Decimal(1)), RiskCheckError)
+        if caps.fetch_by_client_order_id and req.fetch_by_client_order_id:
+            with pytest.raises(ExchangeOrderNotFoundError) as info:
+                await harness.within(harness.connector.fetch_order(
+                    h.symbol, external_id=None, client_order_id="bbmissing" + uuid.uuid4().hex))
+            harness.errors.append(info.value)
+        places = {
+            "audit log": harness.audit_log.getvalue(),
+            "stdlib logging": "\n".join(
+                f"{r.name} {r.getMessage()} {r.exc_text or ''}"
+                for r in harness.caplog.records),
+            "order rows": "\n".join(
+                json.dumps([r.reason, r.details, r.external_id, r.exchange_status],
+                           default=str) for r in harness.stored_rows()),
+            "exception texts": "\n".join(_describe_chain(e) for e in harness.errors),
+            "connector repr": repr(harness.connector) + str(harness.connector),
+            "handle logs": h.logs(),
+        }
+        assert harness.errors, "no error path was exercised"
+        for where, text in places.items():
+            for canary in canaries:
+                assert canary not in text, f"a credential leaked into the {where}"
+
+    @pytest.mark.asyncio
+    async def test_connector_is_reused_across_orders(self, harness: Harness) -> None:
+        """One connector object serves every order of the router."""
+        payload = await self._any_order(harness)
+        for _ in range(3):
+            await harness.route(payload)
+        again = await harness.within(harness.router.get_connector(
+            harness.name, testnet=True,
+            database_url=_routed_url(harness.session)))
+        assert again is harness.connector, "the router built a second connector"
+
+    @pytest.mark.asyncio
+    async def test_markets_are_loaded_once(self, harness: Harness) -> None:
+        """Several orders, one market list request: the connector caches its markets."""
+        self.require(harness, "count_market_requests")
+        payload = await self._any_order(harness)
+        for _ in range(3):
+            await harness.route(payload)
+        loads = await harness.handle.market_requests()
+        assert loads == 1, f"the market list was requested {loads} times for 3 orders"
+
+    # -- payload helpers ----------------------------------------------------------------
+
+    async def _any_order(self, harness: Harness, *,
+                         amount: Decimal | None = None) -> dict[str, Any]:
+        """A resting limit buy if the connector has limit orders, else a market buy."""
+        h = harness.handle
+        size = h.amount if amount is None else amount
+        caps = harness.connector.capabilities
+        if caps.limit_orders and h.requirements.limit_orders:
+            price = await self._limit_price_below_market(harness)
+            return _payload(h.symbol, "buy", "limit", size, price)
+        if caps.market_orders and h.requirements.market_orders:
+            return _payload(h.symbol, "buy", "market", size)
+        pytest.skip(f"{harness.name} supports neither market nor limit orders")

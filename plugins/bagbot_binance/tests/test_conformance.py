@@ -1,0 +1,98 @@
+"""bagbot-binance passes the connector conformance suite against its fake Binance server.
+
+The whole suite comes from bagbot-core; this file only says how to reach and steer the fake
+(:class:`BinanceHandle`). The server gets canary credentials, so the suite's secrets test
+can prove they never leak.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from bagbot_binance.testing import FakeBinanceServer, start_fake_binance
+
+from bagbot_core.orders import Side
+from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle
+
+ORDER_PATH = "/api/v3/order"
+
+
+class BinanceHandle(ExchangeHandle):
+    """The suite's handle on a :class:`FakeBinanceServer`: its default book (no spread, no
+    fees; 100000 USDT, 1 BTC, 10 ETH) with BTCUSDT moved to :attr:`price`."""
+
+    insufficient_funds_text = "insufficient balance"
+    #: Off round numbers, so a float anywhere on the way changes the result.
+    amount = Decimal("0.00137")
+    price = Decimal("43217.89")
+
+    def __init__(self, server: FakeBinanceServer) -> None:
+        self.server = server
+        server.book.set_price(self.market_id, self.price)
+
+    @property
+    def connector_config(self) -> Mapping[str, Any]:
+        return {
+            "api_key": self.server.api_key,
+            "api_secret": self.server.api_secret,
+            "api_url": self.server.url,
+            "enable_rate_limit": False,
+            "timeout": 2,
+        }
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        return (self.server.api_key, self.server.api_secret)
+
+    @property
+    def market_id(self) -> str:
+        return self.symbol.replace("/", "")
+
+    async def market_fill_price(self, side: Side) -> Decimal:
+        market = self.server.book.market(self.market_id)
+        return market.ask if side is Side.BUY else market.bid
+
+    async def set_price(self, price: Decimal) -> None:
+        self.server.book.set_price(self.market_id, price)
+
+    async def drop_next_response(self) -> None:
+        self.server.drop_after_accept(method="POST", path=ORDER_PATH)
+
+    async def reject_next_order(self) -> str:
+        self.server.fail_with("market_closed", method="POST", path=ORDER_PATH)
+        return "Market is closed."
+
+    async def drain_balance(self, asset: str) -> None:
+        book = self.server.book
+        book.deposit(asset, -book.balance(asset))
+
+    async def orders_for_client_id(self, client_order_id: str) -> int:
+        return len(self.server.book.orders_with_client_id(client_order_id))
+
+    async def client_ids_seen(self) -> Sequence[str]:
+        seen = []
+        for request in self.server.requests_to(ORDER_PATH, "POST"):
+            params = dict(parse_qsl(request.query + "&" + request.body))
+            if "newClientOrderId" in params:
+                seen.append(params["newClientOrderId"])
+        return seen
+
+    async def market_requests(self) -> int:
+        return len(self.server.requests_to("/api/v3/exchangeInfo", "GET"))
+
+
+class TestBinanceConformance(ConnectorConformance):
+    connector_name = "binance"
+
+    @pytest.fixture
+    async def handle(self) -> AsyncIterator[ExchangeHandle]:
+        canary = uuid.uuid4().hex
+        async with start_fake_binance(
+            api_key=f"canaryKey{canary}", api_secret=f"canarySecret{canary}"
+        ) as server:
+            yield BinanceHandle(server)
