@@ -605,6 +605,28 @@ class ConnectorConformance:
         harness.errors.append(info.value)
 
     @pytest.mark.asyncio
+    async def test_cancel_of_an_order_that_filled_meanwhile_changes_nothing(
+        self, harness: Harness
+    ) -> None:
+        """The row says ``open`` but the exchange filled it: the cancel is refused (rejected
+        or not-found), the row is not marked canceled, and a sync then records the fill."""
+        self.require(harness, "limit_orders", "cancel", "move_market")
+        h = harness.handle
+        price = await self._limit_price_below_market(harness)
+        order = await harness.route(_payload(h.symbol, "buy", "limit", h.amount, price))
+        assert order.status == OrderStatus.OPEN
+        await h.set_price(_round_down(price * Decimal("0.98"),
+                                      (await harness.market(h.symbol)).price_step))
+        with pytest.raises((ExchangeRejectedError, ExchangeOrderNotFoundError)) as info:
+            await harness.cancel(order)
+        harness.errors.append(info.value)
+        stored = {r.id: r for r in harness.stored_rows()}[order.id]
+        assert stored.status == "open", f"a refused cancel left the row {stored.status}"
+        order = await harness.sync(order)
+        assert order.status == OrderStatus.FILLED
+        assert order.filled_qty == h.amount
+
+    @pytest.mark.asyncio
     async def test_route_order_leaves_one_row_per_call(self, harness: Harness) -> None:
         """Filled, resting, refused-before-send and risk-refused orders: one row each."""
         h = harness.handle
