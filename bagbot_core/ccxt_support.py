@@ -317,6 +317,8 @@ class CcxtConnector(Connector):
         self._markets: dict[str, Market] | None = None
         self._markets_lock = asyncio.Lock()
         self._quotes: dict[str, Quote] = {}
+        #: symbol -> the one quote request in flight (concurrent orders share it).
+        self._quote_fetches: dict[str, asyncio.Future[Quote]] = {}
         self._blocked_until = 0.0
 
     def __repr__(self) -> str:
@@ -511,14 +513,35 @@ class CcxtConnector(Connector):
 
     async def fetch_quote(self, symbol: str) -> Quote:
         """Best bid/ask, reused for ``quote_max_age`` seconds per symbol (default 2 s) so
-        routing does not cost a round trip per order."""
+        routing does not cost a round trip per order.
+
+        Staleness bound: a quote is at most ``quote_max_age`` seconds old when returned (its
+        age is measured from when the answer arrived). When it has expired, concurrent callers
+        share one request instead of each sending their own: at most one quote request per
+        symbol per ``quote_max_age``, however many orders are in flight.
+        """
         cached = self._quotes.get(symbol)
         if cached is not None and time.monotonic() - cached.taken_at <= self.quote_max_age:
             return cached
+        pending = self._quote_fetches.get(symbol)
+        if pending is None:
+            pending = asyncio.ensure_future(self._refresh_quote(symbol))
+            self._quote_fetches[symbol] = pending
+            pending.add_done_callback(lambda done: self._quote_done(symbol, done))
+        # Shielded: one caller giving up must not cancel the request the others wait for.
+        return await asyncio.shield(pending)
+
+    async def _refresh_quote(self, symbol: str) -> Quote:
         await self.load_markets()
         quote = await self._call(lambda ex: self.fetch_raw_quote(ex, symbol))
         self._quotes[symbol] = quote
         return quote
+
+    def _quote_done(self, symbol: str, done: asyncio.Future[Quote]) -> None:
+        if self._quote_fetches.get(symbol) is done:
+            del self._quote_fetches[symbol]
+        if not done.cancelled():
+            done.exception()  # retrieved here: no "never retrieved" warning if all waiters left
 
     def prepare_order(
         self, order: OrderRequest, market: Market, reference_price: Decimal | None = None
@@ -602,6 +625,9 @@ class CcxtConnector(Connector):
         exchange, self._exchange = self._exchange, None
         self._markets = None
         self._quotes.clear()
+        for pending in self._quote_fetches.values():
+            pending.cancel()
+        self._quote_fetches.clear()
         if exchange is not None:
             await exchange.close()
 
