@@ -41,6 +41,7 @@ from bagbot_core.errors import (
     LiveTradingNotAllowedError,
     OrderStatusUnknownError,
     OrderValidationError,
+    RateLimitedError,
     RiskCheckError,
 )
 from bagbot_core.models import Order, utcnow
@@ -53,7 +54,7 @@ from bagbot_core.status import OrderStatus
 
 ENV_ALLOW_LIVE = "BAGBOT_ALLOW_LIVE"
 #: How long a ``pending``/``unknown`` row must be old before reconcile may call it lost.
-DEFAULT_RECONCILE_GRACE = dt.timedelta(seconds=60)
+DEFAULT_RECONCILE_GRACE = dt.timedelta(seconds=180)
 
 T = TypeVar("T")
 
@@ -108,7 +109,8 @@ _bind_urls: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _clip(value: object, size: int) -> str:
-    return value[:size] if isinstance(value, str) else ""
+    """Untrusted text, cut to a column's size, with NUL (which PostgreSQL refuses) replaced."""
+    return value[:size].replace("\x00", "\ufffd") if isinstance(value, str) else ""
 
 
 def _register_secrets(config: Mapping[str, Any]) -> None:
@@ -274,14 +276,17 @@ class Router:
         runner = _Db(db)
         log = audit.get_logger(user_id=user_id if isinstance(user_id, str) else repr(user_id),
                                connector=connector_name, testnet=testnet)
-        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128:
+        if (not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128
+                or not user_id.isprintable()):
             error = OrderValidationError("user_id must be a non-empty string of at most 128 "
-                                         "characters")
+                                         "printable characters")
             log.warning("order_invalid", reason=str(error))
             self._notify(log, "bagbot_on_route_error", order=None, error=error)
             raise error
-        if not isinstance(connector_name, str) or not connector_name:
-            connector_name = str(connector_name)[:64]
+        if not isinstance(connector_name, str) or not connector_name.isprintable():
+            # Kept for the row (a lookup of it fails as "no connector named ..."), made
+            # storable: no database takes a NUL in a text column.
+            connector_name = _clip(str(connector_name), 64)
 
         payload_for_row = order_payload if isinstance(order_payload, Mapping) else {}
         log = log.bind(symbol=_clip(payload_for_row.get("symbol"), 64))
@@ -394,9 +399,13 @@ class Router:
         log.info("submitted")
         try:
             state = await connector.create_order(request, order.client_order_id)
-        except ExchangeRejectedError as error:
+        except (ExchangeRejectedError, RateLimitedError) as error:
+            # RateLimitedError: the exchange answered 429/418, or the connector refused to
+            # send inside a Retry-After window. Either way nothing was placed.
             message = audit.redact_text(str(error))
             error.args = (message,)  # a connector's message may quote a signed request
+            if isinstance(error, RateLimitedError):
+                message = f"rate limited, nothing was placed: {message}"
             await runner.run(store.set_status, order, OrderStatus.REJECTED, reason=message)
             log.warning("rejected", stage="exchange", reason=message)
             await self._status_changed(log, order, OrderStatus.PENDING)
@@ -538,7 +547,13 @@ class Router:
     async def cancel_order(self, db: Any, order: Order | int) -> Order:
         """Cancel ``order`` on its exchange and record the result.
 
-        :raises ExchangeRejectedError: the exchange refused (e.g. already filled).
+        An order that filled or was canceled on the exchange meanwhile cannot be canceled:
+        exchanges say so differently (Binance answers "Unknown order sent.", a not-found;
+        others refuse the cancel). Either way the row is left as it was; sync it to record
+        what happened.
+
+        :raises ExchangeRejectedError: the row is already terminal, or the exchange refused.
+        :raises ExchangeOrderNotFoundError: the exchange no longer has it open.
         """
         runner = _Db(db)
         if isinstance(order, int):
@@ -560,9 +575,15 @@ class Router:
         """Resolve every ``pending``/``unknown`` row of ``connector`` by client order id.
 
         Found on the exchange: the row takes the exchange's status. Not found and older
-        than ``grace`` (default the router's ``reconcile_grace``, longer than any exchange
-        accepts a delayed request): ``rejected``, "never reached the exchange". Younger
-        rows are left alone -- they may be in flight in another process.
+        than ``grace``: ``rejected``, "never reached the exchange". Younger rows are left
+        alone -- they may be in flight in another process.
+
+        "Not found after the grace period" only means "never placed" because exchanges
+        refuse a request that arrives late: Binance drops any request older than its
+        ``recvWindow`` (10 s as bagbot sends it), Coinbase's JWT expires after 120 s. The
+        default grace (the router's ``reconcile_grace``, 180 s) must stay longer than that
+        window plus the client timeout; pass a smaller one only when no request can still
+        be in flight (tests, a stopped fleet).
 
         :return: the rows that changed.
         """

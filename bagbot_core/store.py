@@ -28,11 +28,18 @@ class ClientOrderIdTaken(Exception):
     """The unique ``client_order_id`` already has a row (a concurrent or repeated call)."""
 
 
+def storable(text: str) -> str:
+    """Free text (exchange messages, error texts) as every database can store it."""
+    return text.replace("\x00", "\ufffd")
+
+
 def insert_order(session: Session, **fields: Any) -> Order:
     """Insert and commit one row.
 
     :raises ClientOrderIdTaken: when ``client_order_id`` already exists (nothing written).
     """
+    if isinstance(fields.get("reason"), str):
+        fields["reason"] = storable(fields["reason"])
     order = Order(**fields)
     session.add(order)
     try:
@@ -121,7 +128,7 @@ def set_status(
     new = check_transition(old, status)
     order.status = new.value
     if reason is not None:
-        order.reason = reason
+        order.reason = storable(reason)
     if details is not None:
         order.details = {**(order.details or {}), **details}
     order.updated_at = utcnow()
@@ -150,7 +157,7 @@ def apply_exchange_state(session: Session, order: Order, state: ExchangeOrder) -
     if state.raw_status is not None:
         order.exchange_status = state.raw_status[:32]
     if state.reason:
-        order.reason = state.reason
+        order.reason = storable(state.reason)
     order.updated_at = utcnow()
     session.commit()
     return old

@@ -322,3 +322,29 @@ async def test_a_crashing_observer_does_not_change_the_result(router: Router, db
     order = await route_order("scripted", MARKET_BUY, db, "u")
     assert order.status == "filled"
     assert '"event": "hook_failed"' in log_stream_json.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_rate_limited_answer_is_rejected_not_unknown(db: Session) -> None:
+    from bagbot_core import hookimpl
+    from bagbot_core.connector import ConnectorSpec
+    from bagbot_core.errors import RateLimitedError
+    from bagbot_core.plugins import PluginRegistry
+    from tests.scripted import ScriptedConnector
+
+    class Throttled(ScriptedConnector):
+        async def create_order(self, order: object, client_order_id: str) -> object:
+            raise RateLimitedError("429 Too Many Requests", retry_after=3.0)
+
+    class Plugin:
+        @hookimpl
+        def bagbot_add_connectors(self) -> list[ConnectorSpec]:
+            return [ConnectorSpec("throttled", lambda s: Throttled(ScriptedExchange(), s))]
+
+    router = Router(PluginRegistry(disabled=(), load_entrypoints=False,
+                                   plugins=[("p", Plugin())]))
+    with pytest.raises(RateLimitedError) as info:
+        await router.route_order("throttled", MARKET_BUY, db, "u")
+    assert info.value.retry_after == 3.0
+    assert info.value.order.status == OrderStatus.REJECTED
+    assert "rate limited, nothing was placed" in info.value.order.reason
+    await router.aclose()

@@ -11,7 +11,7 @@ Three kinds of real processes, none of them the pytest process:
   interpreter costs milliseconds instead of a second of start-up per kill; the child is
   still a separate process that dies without running any cleanup;
 * **reconcile** runs in a fresh interpreter: the real ``bagbot orders reconcile`` command,
-  first with the default 60 s grace (young rows must be left alone), then -- once every
+  first with the default grace (young rows must be left alone), then -- once every
   request held by the server has landed -- with no grace.
 
 Kill points (the router is not touched; hooks come from outside it):
@@ -73,23 +73,8 @@ ORDER_PATH = "/api/v3/order"
 THIS = Path(__file__).resolve()
 
 
-def _mark(name: str) -> pytest.MarkDecorator | None:
-    """``pytest.mark.<name>`` when the running configuration declares it.
 
-    The plugin's own ``pyproject.toml`` declares no markers and runs with
-    ``--strict-markers``; the root configuration declares ``slow`` and ``postgres``.
-    """
-    try:
-        return getattr(pytest.mark, name)  # type: ignore[no-any-return]
-    except pytest.fail.Exception:
-        return None
-
-
-def _marks(*names: str) -> list[pytest.MarkDecorator]:
-    return [m for m in (_mark(n) for n in names) if m is not None]
-
-
-pytestmark = _marks("slow")
+pytestmark = [pytest.mark.slow]
 
 
 # =======================================================================================
@@ -436,7 +421,7 @@ def _print_matrix(matrix: Matrix) -> None:
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
-                                                               marks=_marks("postgres"))])
+                                                               marks=[pytest.mark.postgres])])
 def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Matrix]:
     tmp = tmp_path_factory.mktemp(f"crash-{request.param}")

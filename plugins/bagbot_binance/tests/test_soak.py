@@ -23,20 +23,6 @@ from bagbot_core import audit, soak
 from bagbot_core.models import Order
 from bagbot_core.testing.fake_exchange import LoggedRequest
 
-
-def _mark(name: str) -> pytest.MarkDecorator | None:
-    """``pytest.mark.<name>`` when the running configuration declares it (the plugin's own
-    ``pyproject.toml`` declares no markers and runs with ``--strict-markers``)."""
-    try:
-        return getattr(pytest.mark, name)  # type: ignore[no-any-return]
-    except pytest.fail.Exception:
-        return None
-
-
-def _marks(*names: str) -> list[pytest.MarkDecorator]:
-    return [m for m in (_mark(n) for n in names) if m is not None]
-
-
 CANARY_KEY = f"CANARYkey{uuid.uuid4().hex}"
 CANARY_SECRET = f"CANARYsecret{uuid.uuid4().hex}"
 
@@ -123,7 +109,7 @@ def test_soak_200_orders_with_canary_credentials(
         assert canary not in (tmp_path / "report.json").read_text()
 
 
-@pytest.mark.parametrize("_pg", [pytest.param(None, marks=_marks("postgres"))])
+@pytest.mark.parametrize("_pg", [pytest.param(None, marks=[pytest.mark.postgres])])
 def test_soak_200_orders_on_postgres(
     _pg: None, postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
