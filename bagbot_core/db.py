@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 ENV_DATABASE_URL = "BAGBOT_DATABASE_URL"
 ENV_SQLITE_BUSY_TIMEOUT = "BAGBOT_SQLITE_BUSY_TIMEOUT_MS"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
+
+#: Set while a transaction that may skip its disk flush begins (see store.commit).
+RELAXED_SYNC: ContextVar[bool] = ContextVar("bagbot_relaxed_sync", default=False)
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -73,6 +77,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        # Full durability unless this transaction asked otherwise (store.commit); SQLite
+        # only lets the level change between transactions.
+        level = "NORMAL" if RELAXED_SYNC.get() else "FULL"
+        conn.exec_driver_sql(f"PRAGMA synchronous = {level}")
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -431,7 +431,9 @@ class Router:
         log.info("exchange_answered", status=state.status.value, external_id=state.external_id,
                  exchange_status=state.raw_status, filled=decimal_text(state.filled_qty))
         try:
-            old = await runner.run(store.apply_exchange_state, order, state)
+            # The pending row is already durable; this answer, if a power loss dropped
+            # it, is fetched again by reconcile: one disk flush less per order.
+            old = await runner.run(store.apply_exchange_state, order, state, durable=False)
         except Exception as error:
             # The exchange has the order but we could not record its answer: the row stays
             # pending and reconcile will fetch it.

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bagbot_core.db import RELAXED_SYNC
 from bagbot_core.errors import OrderNotFoundError
 from bagbot_core.models import Order, utcnow
 from bagbot_core.money import normalize
@@ -26,6 +27,31 @@ MAX_PAGE = 1000
 
 class ClientOrderIdTaken(Exception):
     """The unique ``client_order_id`` already has a row (a concurrent or repeated call)."""
+
+
+def commit(session: Session, *, durable: bool = True) -> None:
+    """Commit; ``durable=False`` lets the database acknowledge before its log is on disk.
+
+    Only for writes that reconcile can redo: recording an exchange's answer on a row whose
+    ``pending`` state was committed durably before the order was sent. A power loss may then
+    drop that answer -- the row is back to ``pending`` and reconcile asks the exchange again
+    -- but never the row itself, and never corrupts the database. A crash of the process
+    alone loses nothing either way. (SQLite: ``synchronous=NORMAL`` for this commit, made
+    durable by the next full commit's sync of the WAL, and only when this commit opens its
+    transaction; PostgreSQL: ``SET LOCAL synchronous_commit = off``.) Saves one disk flush
+    per routed order.
+    """
+    if durable:
+        session.commit()
+        return
+    token = RELAXED_SYNC.set(True)
+    try:
+        connection = session.connection()  # begins the transaction if none is open
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        session.commit()
+    finally:
+        RELAXED_SYNC.reset(token)
 
 
 def storable(text: str) -> str:
@@ -136,8 +162,11 @@ def set_status(
     return old
 
 
-def apply_exchange_state(session: Session, order: Order, state: ExchangeOrder) -> OrderStatus:
-    """Record what the exchange says about ``order``: status, ids, fills. Commits.
+def apply_exchange_state(
+    session: Session, order: Order, state: ExchangeOrder, *, durable: bool = True
+) -> OrderStatus:
+    """Record what the exchange says about ``order``: status, ids, fills. Commits
+    (see :func:`commit` for ``durable``).
 
     Fills only grow: an answer reporting less filled than already recorded keeps the
     larger figure (exchanges answer from replicas that may lag).
@@ -159,7 +188,7 @@ def apply_exchange_state(session: Session, order: Order, state: ExchangeOrder) -
     if state.reason:
         order.reason = storable(state.reason)
     order.updated_at = utcnow()
-    session.commit()
+    commit(session, durable=durable)
     return old
 
 

@@ -171,3 +171,33 @@ def test_decimals_round_trip_exactly_through_the_database(db_url: str, value: De
 def test_float_never_reaches_a_money_column(db: Session) -> None:
     with pytest.raises(Exception, match="Decimal"):
         make(db, qty=0.1)
+
+
+def test_relaxed_commit_skips_the_flush_only_when_asked(db_url: str) -> None:
+    """The answer commit may skip the disk flush; every other commit stays fully durable."""
+    from sqlalchemy import event, text
+
+    engine = get_engine(db_url)
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "synchronous" in statement and not statement.startswith("SHOW"):
+            seen.append(statement.strip())
+
+    try:
+        with session_factory(engine)() as session:
+            order = make(session, status="pending")
+            order.status = "open"
+            store.commit(session, durable=False)
+            order.status = "filled"
+            store.commit(session)
+            if engine.dialect.name == "postgresql":
+                assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    if engine.dialect.name == "sqlite":
+        assert seen == ["PRAGMA synchronous = FULL", "PRAGMA synchronous = NORMAL",
+                        "PRAGMA synchronous = FULL"]
+    else:
+        assert seen == ["SET LOCAL synchronous_commit = off"]
