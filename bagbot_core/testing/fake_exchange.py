@@ -22,7 +22,8 @@ Two pieces, written once and shared by every plugin's fake server:
 
 The server runs in the test's event loop (``async with server:``) or in a background thread
 with its own loop (``with server.run_in_thread():``), which also lets a separate process
-host it.
+host it. :func:`connector_settings` points a ccxt connector at a running server that holds
+credentials (``api_key``/``api_secret``), with ccxt's rate limiter off.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 from aiohttp import web
+
+from bagbot_core.connector import ConnectorSettings
 
 __all__ = [
     "BookError",
@@ -49,6 +52,8 @@ __all__ = [
     "FaultKind",
     "Fill",
     "LoggedRequest",
+    "ServerWithCredentials",
+    "connector_settings",
 ]
 
 BookErrorKind = Literal[
@@ -674,3 +679,39 @@ class FakeExchangeServer:
             content_type="application/json",
             headers={"Retry-After": value},
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Pointing a connector at a server
+# ---------------------------------------------------------------------------------------
+
+
+class ServerWithCredentials(Protocol):
+    """A running fake server that accepts one API key/secret pair."""
+
+    api_key: str
+    api_secret: str
+
+    @property
+    def url(self) -> str: ...
+
+
+def connector_settings(
+    server: ServerWithCredentials, *, testnet: bool = True, **config: Any
+) -> ConnectorSettings:
+    """:class:`ConnectorSettings` for a ccxt connector talking to ``server``.
+
+    The config holds the server's ``api_key``/``api_secret``, ``api_url`` = its URL and
+    ``enable_rate_limit: False`` (a local fake needs no client-side limiter); ``config``
+    adds keys or overrides these.
+    """
+    return ConnectorSettings(
+        testnet=testnet,
+        config={
+            "api_key": server.api_key,
+            "api_secret": server.api_secret,
+            "api_url": server.url,
+            "enable_rate_limit": False,
+            **config,
+        },
+    )

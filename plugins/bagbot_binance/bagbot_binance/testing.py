@@ -43,6 +43,7 @@ from bagbot_core.testing.fake_exchange import (
     FakeExchangeServer,
     FakeMarket,
     FakeOrder,
+    connector_settings,
 )
 
 if TYPE_CHECKING:
@@ -626,16 +627,5 @@ def connector_for(
     ``testnet=False`` exercises the live code path (production URL table, host swapped).
     """
     from bagbot_binance.connector import BinanceConnector
-    from bagbot_core.connector import ConnectorSettings
 
-    settings = ConnectorSettings(
-        testnet=testnet,
-        config={
-            "api_key": server.api_key,
-            "api_secret": server.api_secret,
-            "api_url": server.url,
-            "enable_rate_limit": False,
-            **config,
-        },
-    )
-    return BinanceConnector(settings)
+    return BinanceConnector(connector_settings(server, testnet=testnet, **config))

@@ -61,6 +61,7 @@ from bagbot_core.testing.fake_exchange import (
     FakeExchangeServer,
     FakeMarket,
     FakeOrder,
+    connector_settings,
 )
 
 if TYPE_CHECKING:
@@ -692,16 +693,5 @@ def connector_for(
 ) -> CoinbaseConnector:
     """A :class:`CoinbaseConnector` pointed at ``server`` (``api_url``), rate limiter off."""
     from bagbot_coinbase.connector import CoinbaseConnector
-    from bagbot_core.connector import ConnectorSettings
 
-    settings = ConnectorSettings(
-        testnet=testnet,
-        config={
-            "api_key": server.api_key,
-            "api_secret": server.api_secret,
-            "api_url": server.url,
-            "enable_rate_limit": False,
-            **config,
-        },
-    )
-    return CoinbaseConnector(settings)
+    return CoinbaseConnector(connector_settings(server, testnet=testnet, **config))
