@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, settings
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bagbot_core import audit
@@ -19,19 +17,13 @@ from bagbot_core.models import Base
 from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router, set_router
+from bagbot_core.testing.databases import postgres_schema_url
 from tests.scripted import ScriptedExchange, scripted_plugin
 
 # Shared CI machines are noisy: no per-example deadline; failures print a reproduction blob.
 settings.register_profile("bagbot", deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("BAGBOT_HYPOTHESIS_PROFILE", "bagbot"))
-
-DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_base_url() -> str:
-    return os.environ.get("BAGBOT_TEST_POSTGRES_URL", DEFAULT_PG)
-
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
@@ -40,25 +32,8 @@ def postgres_url() -> Iterator[str]:
     Skips (visibly) when no server answers, unless ``BAGBOT_REQUIRE_POSTGRES=1`` -- CI sets
     it, so there the skip becomes a failure.
     """
-    base = _postgres_base_url()
-    try:
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:
-        reason = f"PostgreSQL not reachable at {base}: {type(exc).__name__}: {exc}"
-        if os.environ.get("BAGBOT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason + " (BAGBOT_REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
-    schema = f"bagbot_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with postgres_schema_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -46,7 +46,6 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
@@ -286,34 +285,6 @@ def zygote(url: str, server_url: str, kills: int, run: str, points: list[str]) -
 # =======================================================================================
 
 
-def _postgres_url() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    base = os.environ.get("BAGBOT_TEST_POSTGRES_URL",
-                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    try:
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:
-        reason = f"PostgreSQL not reachable at {base}: {type(exc).__name__}"
-        if os.environ.get("BAGBOT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    schema = f"bagbot_crash_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{base}?options={quote(f'-csearch_path={schema}')}"
-    finally:
-        from bagbot_core.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 class Matrix:
     """What one full run of the matrix left behind, per point."""
 
@@ -431,7 +402,9 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield _run_matrix(f"sqlite:///{tmp / 'crash.db'}", tmp, KILLS["sqlite"])
         dispose_engines()
     else:
-        for url in _postgres_url():
+        from bagbot_core.testing.databases import postgres_schema_url
+
+        with postgres_schema_url(prefix="bagbot_crash") as url:
             yield _run_matrix(url, tmp, KILLS["postgres"])
 
 

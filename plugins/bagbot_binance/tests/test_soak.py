@@ -4,7 +4,6 @@ canary-credential check, and proof that the soak's own checks catch what they cl
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -12,15 +11,14 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import structlog
 from bagbot_binance.testing import FakeBinanceServer, default_book
-from sqlalchemy import create_engine, text
 
 from bagbot_core import audit, soak
 from bagbot_core.models import Order
+from bagbot_core.testing.databases import postgres_schema_url
 from bagbot_core.testing.fake_exchange import LoggedRequest
 
 CANARY_KEY = f"CANARYkey{uuid.uuid4().hex}"
@@ -37,27 +35,8 @@ def _restore_audit() -> Iterator[None]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    base = os.environ.get("BAGBOT_TEST_POSTGRES_URL",
-                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    try:
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:
-        reason = f"PostgreSQL not reachable at {base}: {type(exc).__name__}"
-        if os.environ.get("BAGBOT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    schema = f"bagbot_soak_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{base}?options={quote(f'-csearch_path={schema}')}"
-    from bagbot_core.db import dispose_engines
-
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with postgres_schema_url(prefix="bagbot_soak") as url:
+        yield url
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict[str, object]]:
