@@ -51,7 +51,12 @@ from typing import Any, TypeVar
 
 import attrs
 
-from bagbot_core.connector import Connector, ConnectorSettings, check_market_limits
+from bagbot_core.connector import (
+    Connector,
+    ConnectorSettings,
+    check_market_limits,
+    config_bool,
+)
 from bagbot_core.errors import (
     BagbotError,
     ExchangeOrderNotFoundError,
@@ -69,6 +74,7 @@ __all__ = [
     "classify_ccxt_error",
     "decimal_or_none",
     "parse_retry_after",
+    "positive_or_none",
     "scrub_secrets",
 ]
 
@@ -148,6 +154,12 @@ def decimal_or_none(value: object) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return normalize(number) if number.is_finite() else None
+
+
+def positive_or_none(value: object) -> Decimal | None:
+    """:func:`decimal_or_none`, and ``None`` for zero or less too (an absent price/amount)."""
+    number = decimal_or_none(value)
+    return number if number is not None and number > 0 else None
 
 
 def plain(value: Decimal) -> str:
@@ -309,7 +321,7 @@ class CcxtConnector(Connector):
     def __init__(self, settings: ConnectorSettings) -> None:
         config = settings.config
         self.testnet = settings.testnet
-        self.enable_rate_limit = _as_bool(config.get("enable_rate_limit", True))
+        self.enable_rate_limit = config_bool(config.get("enable_rate_limit", True))
         self.timeout = float(config.get("timeout", 10.0))
         self.quote_max_age = float(config.get("quote_max_age", 2.0))
         self.rate_limit_backoff = float(config.get("rate_limit_backoff", 1.0))
@@ -631,8 +643,3 @@ class CcxtConnector(Connector):
         if exchange is not None:
             await exchange.close()
 
-
-def _as_bool(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(value)

@@ -9,14 +9,17 @@ ccxt -- only when an order is actually routed through that connector. The router
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Mapping
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
-from bagbot_core.errors import ExchangeRejectedError
+from bagbot_core.errors import ConfigurationError, ExchangeRejectedError
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote
+from bagbot_core.secrets import Secret
 
 
 @attrs.frozen
@@ -156,6 +159,47 @@ def check_market_limits(
         raise ExchangeRejectedError(f"price rounds to 0 at {market.symbol}'s tick")
     price = None if order.price is None else normalize(order.price)
     return attrs.evolve(order, amount=normalize(order.amount), price=price)
+
+
+# -- reading ConnectorSettings.config ---------------------------------------------------
+
+
+def config_secret(config: Mapping[str, Any], key: str, env: str) -> Secret | None:
+    """Credential ``key`` from the connector config, else from environment variable ``env``.
+
+    A :class:`~bagbot_core.secrets.Secret` or a string is accepted (strings are stripped);
+    an absent, empty or blank value counts as not given. The value never appears in errors.
+    """
+    return _as_secret(config.get(key)) or _as_secret(os.environ.get(env))
+
+
+def _as_secret(value: object) -> Secret | None:
+    if isinstance(value, Secret):
+        return value if value else None
+    if isinstance(value, str) and value.strip():
+        return Secret(value.strip())
+    return None
+
+
+def config_bool(value: object) -> bool:
+    """A config flag: strings ``0``/``false``/``no``/``off``/empty are false, else truthiness."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
+def http_base_url(value: object, what: str, *, allow_query: bool = False) -> str:
+    """``value`` as an ``http(s)://host[/path]`` base URL without a trailing slash.
+
+    :param what: names the setting in the error, e.g. ``"binance: api_url"``.
+    :param allow_query: drop a query string instead of refusing the URL.
+    :raises ConfigurationError: not an http(s) URL with a host (or it has a query).
+    """
+    parts = urlsplit(str(value))
+    if (parts.scheme not in ("http", "https") or not parts.netloc
+            or (parts.query and not allow_query)):
+        raise ConfigurationError(f"{what} must be an http(s) URL, got {value!r}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
 ConnectorFactory = Callable[[ConnectorSettings], Connector]

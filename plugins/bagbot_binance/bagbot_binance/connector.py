@@ -47,9 +47,15 @@ from bagbot_core.ccxt_support import (
     classify_ccxt_error,
     decimal_or_none,
     exchange_message,
+    positive_or_none,
     scrub_secrets,
 )
-from bagbot_core.connector import Capabilities, ConnectorSettings
+from bagbot_core.connector import (
+    Capabilities,
+    ConnectorSettings,
+    config_secret,
+    http_base_url,
+)
 from bagbot_core.errors import BagbotError, ConfigurationError, ExchangeRejectedError
 from bagbot_core.orders import ExchangeOrder, Quote
 from bagbot_core.secrets import Secret
@@ -101,14 +107,6 @@ def map_status(raw_status: str | None, filled: Decimal) -> OrderStatus:
     return status
 
 
-def _secret(value: object) -> Secret | None:
-    if isinstance(value, Secret):
-        return value if value else None
-    if isinstance(value, str) and value.strip():
-        return Secret(value.strip())
-    return None
-
-
 class BinanceConnector(CcxtConnector):
     """Binance spot through ``ccxt.async_support.binance``; see the module docs for config."""
 
@@ -125,8 +123,8 @@ class BinanceConnector(CcxtConnector):
     def __init__(self, settings: ConnectorSettings) -> None:
         super().__init__(settings)
         config = settings.config
-        api_key = _secret(config.get("api_key")) or _secret(os.environ.get(ENV_API_KEY))
-        api_secret = _secret(config.get("api_secret")) or _secret(os.environ.get(ENV_API_SECRET))
+        api_key = config_secret(config, "api_key", ENV_API_KEY)
+        api_secret = config_secret(config, "api_secret", ENV_API_SECRET)
         missing = [
             name
             for name, value in (("api_key", api_key), ("api_secret", api_secret))
@@ -142,12 +140,10 @@ class BinanceConnector(CcxtConnector):
         self.api_key: Secret = api_key
         self.api_secret: Secret = api_secret
         url = config.get("api_url") or os.environ.get(ENV_API_URL) or None
-        if url is not None:
-            parts = urlsplit(str(url))
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigurationError(f"binance: api_url must be an http(s) URL, got {url!r}")
-            url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        self.api_url: str | None = url
+        # A query string in api_url is dropped (the URL only replaces hosts).
+        self.api_url: str | None = (
+            None if url is None else http_base_url(url, "binance: api_url", allow_query=True)
+        )
 
     @property
     def base_url(self) -> str:
@@ -216,8 +212,8 @@ class BinanceConnector(CcxtConnector):
         raw = await exchange.publicGetTickerBookTicker({"symbol": exchange.market_id(symbol)})
         return Quote(
             symbol=symbol,
-            bid=_positive(raw.get("bidPrice")),
-            ask=_positive(raw.get("askPrice")),
+            bid=positive_or_none(raw.get("bidPrice")),
+            ask=positive_or_none(raw.get("askPrice")),
             taken_at=time.monotonic(),
         )
 
@@ -243,7 +239,7 @@ class BinanceConnector(CcxtConnector):
                 avg = average_price(cumulative, filled)
             else:
                 avg = _fills_average(info.get("fills"))
-        price = _positive(info.get("price"))
+        price = positive_or_none(info.get("price"))
         return ExchangeOrder(
             external_id=str(info["orderId"]),
             client_order_id=(
@@ -253,15 +249,10 @@ class BinanceConnector(CcxtConnector):
             symbol=symbol,
             filled_qty=filled,
             avg_price=avg,
-            amount=_positive(info.get("origQty")),
+            amount=positive_or_none(info.get("origQty")),
             price=price,
             raw_status=None if raw_status is None else str(raw_status),
         )
-
-
-def _positive(value: object) -> Decimal | None:
-    number = decimal_or_none(value)
-    return number if number is not None and number > 0 else None
 
 
 def _fills_average(fills: object) -> Decimal | None:

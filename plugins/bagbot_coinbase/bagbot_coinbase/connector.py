@@ -103,9 +103,16 @@ from bagbot_core.ccxt_support import (
     average_price,
     decimal_or_none,
     plain,
+    positive_or_none,
     scrub_secrets,
 )
-from bagbot_core.connector import Capabilities, ConnectorSettings
+from bagbot_core.connector import (
+    Capabilities,
+    ConnectorSettings,
+    config_bool,
+    config_secret,
+    http_base_url,
+)
 from bagbot_core.errors import (
     BagbotError,
     ConfigurationError,
@@ -197,21 +204,6 @@ class Route:
         )
 
 
-def _secret(value: object) -> Secret | None:
-    if isinstance(value, Secret):
-        return value if value else None
-    if isinstance(value, str) and value.strip():
-        return Secret(value.strip())
-    return None
-
-
-def _base_url(value: object, what: str) -> str:
-    parts = urlsplit(str(value))
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-        raise ConfigurationError(f"coinbase: {what} must be an http(s) URL, got {value!r}")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
 def _check_cdp_key(name: Secret, secret: Secret) -> Secret:
     """Refuse anything but a CDP key name + ECDSA P-256 PEM; return the usable PEM.
 
@@ -265,17 +257,17 @@ class CoinbaseConnector(CcxtConnector):
         super().__init__(settings)
         config = settings.config
         url = config.get("api_url") or os.environ.get(ENV_API_URL) or None
-        self.api_url: str | None = None if url is None else _base_url(url, "api_url")
+        self.api_url: str | None = None if url is None else http_base_url(url, "coinbase: api_url")
         self.mode: Mode = (
             "custom" if self.api_url is not None else "sandbox" if self.testnet else "live"
         )
         market_url = config.get("market_data_url") or PRODUCTION_URL
-        self.market_data_url = _base_url(market_url, "market_data_url")
-        self.fetch_after_create = _as_bool(config.get("fetch_after_create", True))
+        self.market_data_url = http_base_url(market_url, "coinbase: market_data_url")
+        self.fetch_after_create = config_bool(config.get("fetch_after_create", True))
         self.client_id_search_pages = max(1, int(config.get("client_id_search_pages", 10)))
 
-        api_key = _secret(config.get("api_key")) or _secret(os.environ.get(ENV_API_KEY))
-        api_secret = _secret(config.get("api_secret")) or _secret(os.environ.get(ENV_API_SECRET))
+        api_key = config_secret(config, "api_key", ENV_API_KEY)
+        api_secret = config_secret(config, "api_secret", ENV_API_SECRET)
         self.api_key: Secret | None = None
         self.api_secret: Secret | None = None
         if api_key is None or api_secret is None:
@@ -445,8 +437,8 @@ class CoinbaseConnector(CcxtConnector):
         )
         return Quote(
             symbol=symbol,
-            bid=_positive(raw.get("best_bid")),
-            ask=_positive(raw.get("best_ask")),
+            bid=positive_or_none(raw.get("best_bid")),
+            ask=positive_or_none(raw.get("best_ask")),
             taken_at=time.monotonic(),
         )
 
@@ -637,8 +629,8 @@ class CoinbaseConnector(CcxtConnector):
         status = map_status(None if raw_status is None else str(raw_status), filled)
         avg: Decimal | None = None
         if filled > 0:
-            reported = _positive(info.get("average_filled_price"))
-            value = _positive(info.get("filled_value"))
+            reported = positive_or_none(info.get("average_filled_price"))
+            value = positive_or_none(info.get("filled_value"))
             if reported is not None:
                 avg = average_price(reported, Decimal(1))
             elif value is not None:
@@ -659,25 +651,14 @@ class CoinbaseConnector(CcxtConnector):
             symbol=symbol,
             filled_qty=normalize(filled),
             avg_price=avg,
-            amount=_positive(details.get("base_size")),
-            price=_positive(details.get("limit_price")),
+            amount=positive_or_none(details.get("base_size")),
+            price=positive_or_none(details.get("limit_price")),
             raw_status=str(raw_status),
             reason=reason,
         )
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _as_bool(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(value)
-
-
-def _positive(value: object) -> Decimal | None:
-    number = decimal_or_none(value)
-    return number if number is not None and number > 0 else None
 
 
 def _first_text(info: Mapping[str, Any], *keys: str) -> str | None:
