@@ -34,10 +34,13 @@ _SENSITIVE_KEY = re.compile(
     r"|authorization|credential)",
     re.IGNORECASE,
 )
-# key=value / "key": "value" / X-MBX-APIKEY: value / Bearer tokens inside free text.
+# key=value / "key": "value" / X-MBX-APIKEY: value / Authorization: Basic value / Bearer
+# tokens inside free text -- the one list of credential patterns in bagbot (signed query
+# parameters and exchange auth headers included: ccxt_support.scrub_secrets builds on it).
 _SENSITIVE_TEXT = re.compile(
-    r"(?P<key>(?:secret|password|passwd|passphrase|signature|api[_-]?key|apikey|private[_-]?key"
-    r"|token|x-mbx-apikey|cb-access-sign|cb-access-key)[\"']?\s*[:=]\s*[\"']?)"
+    r"(?P<key>(?:secret|password|passwd|passphrase|signature|\bsign|api[_-]?key|apikey"
+    r"|private[_-]?key|token|x-mbx-apikey|cb-access-sign|cb-access-key|authorization)"
+    r"[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|digest)\s+)?)"
     r"(?P<value>[^\s\"'&,;}]+)",
     re.IGNORECASE,
 )
@@ -47,8 +50,8 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE
 # Every pattern above needs one of these words: text without any of them (almost every value
 # of almost every event) skips the three substitutions. Keep in step with the patterns.
 _REDACT_HINT = re.compile(
-    r"secret|passw|passphrase|signature|api[_-]?key|apikey|private[_-]?key|token"
-    r"|cb-access-|bearer|-----BEGIN",
+    r"secret|passw|passphrase|sign|api[_-]?key|apikey|private[_-]?key|token"
+    r"|cb-access-|bearer|authorization|-----BEGIN",
     re.IGNORECASE,
 )
 
@@ -103,6 +106,17 @@ def _redact_text(text: str) -> str:
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    return redact_fragments(text)
+
+
+def redact_fragments(text: str) -> str:
+    """Mask credential-looking fragments by pattern alone: ``key=value`` and ``"key": value``
+    pairs with a credential-ish key (``signature``, ``sign``, ``api_key``, ``token``...),
+    auth headers (``X-MBX-APIKEY``, ``CB-ACCESS-*``, ``Authorization``), Bearer tokens and
+    PEM private keys.
+
+    No known secrets and no cache: :func:`redact_text` adds both.
+    """
     if not _REDACT_HINT.search(text):
         return text
     text = _PEM.sub(REDACTED, text)

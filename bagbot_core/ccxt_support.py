@@ -42,7 +42,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from bagbot_core.audit import REDACTED, redact_fragments
 from bagbot_core.connector import (
     Connector,
     ConnectorSettings,
@@ -90,28 +90,19 @@ _AVG_QUANTUM = Decimal(1).scaleb(-18)
 # Scrubbing
 # ---------------------------------------------------------------------------------------
 
-_SIGNED_PARAM = re.compile(
-    r"(?i)\b(signature|sign|apikey|api_key|secret|api_secret|passphrase|password|token)"
-    r"=([^&\s\"']+)"
-)
-_AUTH_HEADER = re.compile(
-    r"(?i)(['\"]?(?:X-MBX-APIKEY|Authorization|CB-ACCESS-KEY|CB-ACCESS-SIGN|"
-    r"CB-ACCESS-PASSPHRASE|API-Key|API-Sign)['\"]?\s*[:=]\s*['\"]?)(?:Bearer\s+)?([^'\",}\s]+)"
-)
-
 
 def scrub_secrets(text: str, secrets: Iterable[Secret | str] = ()) -> str:
-    """Mask credentials in ``text``: the given secrets, ``signature=``-style query/body
-    parameters and authentication headers.
+    """Mask credentials in ``text``: the given secrets, then whatever
+    :func:`bagbot_core.audit.redact_fragments` recognises (``signature=``-style query/body
+    parameters, authentication headers, Bearer tokens, PEM keys).
 
     Used on every ccxt error message and log line before bagbot lets it out.
     """
     for secret in secrets:
         value = secret.reveal() if isinstance(secret, Secret) else secret
         if value:
-            text = text.replace(value, "***")
-    text = _SIGNED_PARAM.sub(r"\1=***", text)
-    return _AUTH_HEADER.sub(r"\1***", text)
+            text = text.replace(value, REDACTED)
+    return redact_fragments(text)
 
 
 class _ScrubbingLogger(logging.LoggerAdapter[logging.Logger]):
