@@ -104,7 +104,6 @@ from bagbot_core.ccxt_support import (
     decimal_or_none,
     plain,
     positive_or_none,
-    scrub_secrets,
 )
 from bagbot_core.connector import (
     Capabilities,
@@ -601,13 +600,8 @@ class CoinbaseConnector(CcxtConnector):
     def _parse_info(
         self, info: Mapping[str, Any], symbol: str, client_order_id: str
     ) -> ExchangeOrder:
-        try:
-            return self.order_from_info(info, symbol=symbol, client_order_id=client_order_id)
-        except Exception as exc:
-            raise ExchangeUnavailableError(
-                f"coinbase: unreadable order answer ({type(exc).__name__}: "
-                f"{scrub_secrets(str(exc), self.secrets())})"
-            ) from None
+        """One order object from a list answer, read like a ccxt answer carrying it."""
+        return self._parse({"info": info}, symbol, client_order_id)
 
     @staticmethod
     def order_from_info(
