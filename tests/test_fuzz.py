@@ -433,7 +433,8 @@ def test_fuzz_cli_route(db_url: str, cli_env: ScriptedExchange) -> None:
     print(f"\nCLI fuzz: {sum(codes.values())} invocations, exit codes {dict(codes)}, "
           f"{len(cli_env.placed)} reached the connector")
     assert sum(codes.values()) >= 300
-    assert codes[0] > 30 and codes[1] and codes[2]
+    # The generator must reach every outcome, successes included (seen: 34-57 of 300).
+    assert codes[0] >= 10 and codes[1] and codes[2]
 
 
 # -- the CLI, real processes -------------------------------------------------------------
