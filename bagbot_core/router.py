@@ -24,6 +24,7 @@ import os
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -490,7 +491,7 @@ class Router:
             store.insert_order,
             user_id=user_id, connector=connector_name[:64],
             symbol=_clip(payload.get("symbol"), 64), side=_clip(payload.get("side"), 16),
-            order_type=_clip(payload.get("type"), 16), qty=_zero(), price=None,
+            order_type=_clip(payload.get("type"), 16), qty=Decimal(0), price=None,
             testnet=testnet, client_order_id=new_client_order_id(),
             status=OrderStatus.REJECTED.value, reason=str(error),
             details={"stage": "validation", "error": type(error).__name__, "payload": raw},
@@ -632,12 +633,6 @@ class Router:
         return audit.get_logger(user_id=order.user_id, connector=order.connector,
                                 symbol=order.symbol, client_order_id=order.client_order_id,
                                 order_id=order.id, testnet=order.testnet)
-
-
-def _zero() -> Any:
-    from decimal import Decimal
-
-    return Decimal(0)
 
 
 # -- the module-level API (a process-wide default router) --------------------------------
