@@ -43,7 +43,7 @@ from bagbot_core.db import get_engine, session_factory
 from bagbot_core.errors import BagbotError, OrderValidationError
 from bagbot_core.models import Order
 from bagbot_core.orders import OrderType, Side
-from bagbot_core.payload import parse_order_payload
+from bagbot_core.payload import CLIENT_ORDER_ID_RE, parse_order_payload
 from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router, set_router
@@ -406,8 +406,11 @@ def test_fuzz_cli_route(db_url: str, cli_env: ScriptedExchange) -> None:
         cid = args[args.index("--client-order-id") + 1] if "--client-order-id" in args else None
         with factory() as db:
             before = count_rows(db)
-            replay = cid is not None and bool(db.scalar(
-                select(func.count()).select_from(Order).where(Order.client_order_id == cid)))
+            # Only a valid key can have a row (others are refused before any lookup);
+            # and PostgreSQL would refuse a query carrying a NUL.
+            replay = (cid is not None and CLIENT_ORDER_ID_RE.fullmatch(cid) is not None
+                      and bool(db.scalar(select(func.count()).select_from(Order)
+                                         .where(Order.client_order_id == cid))))
         placed_before = len(cli_env.placed)
         result = runner.invoke(cli, ["--database-url", db_url, "route", *args])
         codes[result.exit_code] += 1
