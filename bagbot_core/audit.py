@@ -2,8 +2,9 @@
 
 Every event is bound with ``user_id``, ``connector``, ``symbol``, ``client_order_id`` and
 (once written) ``order_id``. Output is JSON lines when logging to a file or a pipe, readable
-columns in a terminal; ``BAGBOT_LOG_FORMAT=json|console`` forces one, ``BAGBOT_LOG_FILE``
-appends to a file instead of stderr, ``BAGBOT_LOG_LEVEL`` filters (default ``info``).
+columns in a terminal (control characters shown escaped); ``BAGBOT_LOG_FORMAT=json|console``
+forces one, ``BAGBOT_LOG_FILE`` appends to a file instead of stderr, ``BAGBOT_LOG_LEVEL``
+filters (default ``info``). An unknown format or level is a configuration error.
 
 Before rendering, :func:`redact` masks every value whose key looks like a credential and
 every credential-looking fragment inside strings, wherever it is nested: an API secret that
@@ -22,12 +23,17 @@ from typing import Any, TextIO
 
 import structlog
 
+from bagbot_core.errors import ConfigurationError
+from bagbot_core.terminal import printable
+
 ENV_LOG_FORMAT = "BAGBOT_LOG_FORMAT"
 ENV_LOG_FILE = "BAGBOT_LOG_FILE"
 ENV_LOG_LEVEL = "BAGBOT_LOG_LEVEL"
 
 LOGGER_NAME = "bagbot.audit"
 REDACTED = "***"
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _SENSITIVE_KEY = re.compile(
     r"(secret|password|passwd|passphrase|signature|api[_-]?key|apikey|private[_-]?key|token"
@@ -182,6 +188,33 @@ class _SafeWriteLogger(structlog.WriteLogger):
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
 
+def escape_for_terminal(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+                        ) -> Any:
+    """structlog processor for console output: string values are shown escaped, so an
+    escape sequence in a symbol or a reason is never obeyed by the terminal. (Other values
+    are rendered with ``repr``, JSON escapes by itself.)"""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = printable(value, keep_newlines=key == "exception")
+    return event_dict
+
+
+def _setting(name: str, explicit: str | None, env: str, accepted: tuple[str, ...],
+             default: str) -> str:
+    """``explicit``, else the environment variable ``env``, else ``default``; either given
+    value is refused with a :class:`ConfigurationError` unless one of ``accepted``."""
+    chosen = default
+    # The environment is checked even when ``explicit`` wins: a typo there is still a typo.
+    for where, raw in ((env, os.environ.get(env)), (f"audit log {name}", explicit)):
+        if raw is None or raw.strip() == "":
+            continue
+        chosen = raw.strip().lower()
+        if chosen not in accepted:
+            raise ConfigurationError(f"{where}={raw!r} is not a log {name}: use one of "
+                                     f"{', '.join(accepted)}")
+    return chosen
+
+
 def _choose_stream() -> TextIO:
     path = os.environ.get(ENV_LOG_FILE)
     if path:
@@ -198,22 +231,26 @@ def configure(
     :param fmt: ``"json"`` or ``"console"``; default from ``BAGBOT_LOG_FORMAT``, else JSON
         unless the stream is a terminal.
     :param stream: where to write; default ``BAGBOT_LOG_FILE`` or stderr.
-    :param level: minimum level name; default ``BAGBOT_LOG_LEVEL`` or ``info``.
+    :param level: minimum level name (:data:`LOG_LEVELS`); default ``BAGBOT_LOG_LEVEL`` or
+        ``info``.
+    :raises ConfigurationError: an unknown format or level, given or in the environment (a
+        typo must not silently log at another level).
     """
     global _configured
     with _configured_lock:
         if _configured and not force:
             return
+        # Settings first: a bad one is refused before any file is opened.
+        chosen = _setting("format", fmt, ENV_LOG_FORMAT, LOG_FORMATS, "")
+        level_name = _setting("level", level, ENV_LOG_LEVEL, LOG_LEVELS, "info").upper()
         out = stream or _choose_stream()
-        chosen = (fmt or os.environ.get(ENV_LOG_FORMAT) or "").lower()
-        if chosen not in ("json", "console"):
+        if not chosen:
             chosen = "console" if getattr(out, "isatty", lambda: False)() else "json"
-        level_name = (level or os.environ.get(ENV_LOG_LEVEL) or "info").upper()
-        renderer: Any
-        if chosen == "json":
-            renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        renderer: list[Any]
+        if chosen == "json":  # json.dumps escapes every control character itself
+            renderer = [structlog.processors.JSONRenderer(sort_keys=False)]
         else:
-            renderer = structlog.dev.ConsoleRenderer(colors=False)
+            renderer = [escape_for_terminal, structlog.dev.ConsoleRenderer(colors=False)]
         structlog.configure(
             processors=[
                 structlog.contextvars.merge_contextvars,
@@ -221,10 +258,10 @@ def configure(
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.format_exc_info,
-                renderer,
+                *renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(
-                logging.getLevelNamesMapping().get(level_name, logging.INFO)
+                logging.getLevelNamesMapping()[level_name]
             ),
             # WriteLogger: one write + flush per event, without print()'s extra work.
             logger_factory=lambda *_args: _SafeWriteLogger(file=out),

@@ -66,6 +66,7 @@ from bagbot_core.errors import (
 )
 from bagbot_core.money import normalize
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, Quote, Side
+from bagbot_core.params import params_to_send
 from bagbot_core.secrets import Secret
 from bagbot_core.status import OrderStatus
 
@@ -442,8 +443,15 @@ class CcxtConnector(Connector):
 
     @property
     def exchange(self) -> Any:
-        """The ccxt exchange object, created (and ccxt imported) on first access."""
+        """The ccxt exchange object, created (and ccxt imported) on first access.
+
+        The connector's declared endpoints are checked first (:meth:`Connector.
+        check_endpoints`), however it was built: a ``testnet`` connector aimed at a live host,
+        or a live one without ``allow_live``, raises
+        :class:`~bagbot_core.errors.LiveTradingNotAllowedError` and no object is built.
+        """
         if self._exchange is None:
+            self.check_endpoints(testnet=self.testnet, allow_live=self.allow_live)
             import ccxt.async_support as ccxt_async
 
             cls = getattr(ccxt_async, self.exchange_id)
@@ -585,7 +593,12 @@ class CcxtConnector(Connector):
         Never retried. :class:`ExchangeUnavailableError` (timeout, dropped connection, 5xx,
         unreadable answer) means the order may or may not exist.
         """
-        params = {**order.params, **self.create_params(order, client_order_id)}
+        # Declared params only, re-checked here for direct callers; the connector's own keys
+        # (the client order id) come last and win.
+        params = {
+            **params_to_send(order, self.allowed_params, connector=self.name or self.exchange_id),
+            **self.create_params(order, client_order_id),
+        }
         price = None if order.price is None else self.to_ccxt_number(order.price)
         amount = self.to_ccxt_number(order.amount)
         raw = await self._call(

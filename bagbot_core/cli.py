@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import click
 
 from bagbot_core.errors import BagbotError, OrderStatusUnknownError, RiskCheckError
+from bagbot_core.reconcile_grace import DEFAULT_RECONCILE_GRACE
 from bagbot_core.status import OrderStatus
+from bagbot_core.terminal import printable
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -45,8 +47,11 @@ T = TypeVar("T")
 if TYPE_CHECKING:  # recent click types ParamType as generic; runtime stays version-neutral
     _DecimalParam = click.ParamType[Decimal, Any]
     _TimeParam = click.ParamType[dt.datetime, Any]
+    _IntParam = click.ParamType[int, Any]
+    _FloatParam = click.ParamType[float, Any]
+    _TextParam = click.ParamType[str, Any]
 else:
-    _DecimalParam = _TimeParam = click.ParamType
+    _DecimalParam = _TimeParam = _IntParam = _FloatParam = _TextParam = click.ParamType
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -67,7 +72,7 @@ def _one_line(text: str) -> str:
 
 
 def _fail(message: str, code: int) -> click.exceptions.Exit:
-    click.echo(f"error: {_one_line(message)}", err=True)
+    click.echo(f"error: {printable(_one_line(message))}", err=True)
     return click.exceptions.Exit(code)
 
 
@@ -170,8 +175,70 @@ class IsoTimeType(_TimeParam):
         return parsed.astimezone(dt.UTC)
 
 
+class OrderIdType(_IntParam):
+    """An order id: ASCII digits, 1 to 2**63-1 (beyond, no database could hold it)."""
+
+    name = "integer"
+    MAX = 2**63 - 1
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value)
+            digits = text[1:] if text[:1] in "+-" else text
+            if not (digits.isascii() and digits.isdigit()):
+                self.fail(f"{text!r} is not a valid integer", param, ctx)
+            number = int(text)
+        if not 1 <= number <= self.MAX:
+            self.fail(f"{number} is not an order id (1 to {self.MAX})", param, ctx)
+        return number
+
+
+class SecondsType(_FloatParam):
+    """A finite number of seconds in ``[0, maximum]`` (NaN, infinities, ``1e300`` refused:
+    a timedelta cannot hold them)."""
+
+    name = "seconds"
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        text = str(value).strip()
+        try:
+            seconds = float(text) if text.isascii() else float("nan")
+        except ValueError:
+            seconds = float("nan")
+        if not 0 <= seconds <= self.maximum:  # also false for NaN
+            self.fail(f"{value!r} is not a number of seconds from 0 to {self.maximum}",
+                      param, ctx)
+        return seconds
+
+
+class FilterText(_TextParam):
+    """Text to look rows up by: refuses what no row can hold (undecodable bytes, NUL), so a
+    query never carries text the database driver cannot encode."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        text = str(value)
+        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in text):
+            self.fail(f"{text!r} contains bytes that are not UTF-8 text (or NUL)", param, ctx)
+        return text
+
+
 DECIMAL = DecimalType()
 ISO_TIME = IsoTimeType()
+ORDER_ID = OrderIdType()
+#: A year: older unresolved orders are past any exchange's memory anyway.
+MAX_GRACE_SECONDS = 365 * 24 * 3600
+GRACE_SECONDS = SecondsType(MAX_GRACE_SECONDS)
+FILTER_TEXT = FilterText()
 
 
 def _default_user() -> str:
@@ -196,15 +263,13 @@ class Settings:
 
 
 def hidden_url(url: str) -> str:
-    """``url`` with its password masked, for printing."""
-    from sqlalchemy.engine import make_url
+    """``url`` with its password masked and control characters escaped, for printing.
 
-    from bagbot_core.errors import ConfigurationError
+    :raises ConfigurationError: ``url`` is malformed (the message never quotes it).
+    """
+    from bagbot_core.db import parse_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception as exc:
-        raise ConfigurationError(f"invalid database URL: {exc}") from None
+    return printable(parse_url(url).render_as_string(hide_password=True))
 
 
 def audit_log_path(url: str) -> str:
@@ -247,7 +312,11 @@ def _setup_audit(settings: Settings, url: str) -> None:
     except OSError as exc:
         raise ConfigurationError(f"cannot open the audit log {path}: {exc.strerror or exc} "
                                  "(set BAGBOT_LOG_FILE, or use -v to log to stderr)") from None
-    audit.configure(stream=stream, force=True)
+    try:
+        audit.configure(stream=stream, force=True)
+    except BaseException:  # e.g. BAGBOT_LOG_LEVEL=bogus
+        stream.close()
+        raise
     settings.log_path = path
 
     def close() -> None:  # nothing may log into a closed file afterwards
@@ -451,6 +520,13 @@ def route(settings: Settings, symbol: str, side: str, amount: Decimal, connector
 
     order = _with_router(settings, work)
     _echo_orders([order], as_json, single=True)
+    if order.status in (OrderStatus.UNKNOWN, OrderStatus.PENDING):
+        # A replayed idempotency key returns the first row as it is: still unresolved, it
+        # gets the same exit code and warning as the call that left it so.
+        unresolved = OrderStatusUnknownError(
+            f"order {order.client_order_id} is {order.status}: it may be on {order.connector}")
+        unresolved.order = order
+        raise unresolved
 
 
 @cli.group()
@@ -459,12 +535,13 @@ def orders() -> None:
 
 
 @orders.command("list")
-@click.option("--user", default=None, help="Only this user's orders.")
-@click.option("--symbol", default=None, help="Only this symbol, e.g. BTC/USDT.")
+@click.option("--user", type=FILTER_TEXT, default=None, help="Only this user's orders.")
+@click.option("--symbol", type=FILTER_TEXT, default=None,
+              help="Only this symbol, e.g. BTC/USDT.")
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice([s.value for s in OrderStatus]),
               help="Only these statuses (repeatable).")
-@click.option("--connector", default=None, help="Only this connector.")
+@click.option("--connector", type=FILTER_TEXT, default=None, help="Only this connector.")
 @click.option("--since", type=ISO_TIME, default=None,
               help="Created at or after this time (ISO 8601, UTC unless given).")
 @click.option("--until", type=ISO_TIME, default=None, help="Created before this time.")
@@ -495,7 +572,7 @@ def orders_list(settings: Settings, user: str | None, symbol: str | None,
 
 
 @orders.command("show")
-@click.argument("order_id", metavar="ID", type=int)
+@click.argument("order_id", metavar="ID", type=ORDER_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the order as JSON.")
 @click.pass_obj
 def orders_show(settings: Settings, order_id: int, as_json: bool) -> None:
@@ -510,7 +587,7 @@ def orders_show(settings: Settings, order_id: int, as_json: bool) -> None:
 
 
 @orders.command("sync")
-@click.argument("order_id", metavar="ID", type=int)
+@click.argument("order_id", metavar="ID", type=ORDER_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the order as JSON.")
 @click.pass_obj
 def orders_sync(settings: Settings, order_id: int, as_json: bool) -> None:
@@ -523,7 +600,7 @@ def orders_sync(settings: Settings, order_id: int, as_json: bool) -> None:
 
 
 @orders.command("cancel")
-@click.argument("order_id", metavar="ID", type=int)
+@click.argument("order_id", metavar="ID", type=ORDER_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the order as JSON.")
 @click.pass_obj
 def orders_cancel(settings: Settings, order_id: int, as_json: bool) -> None:
@@ -536,10 +613,12 @@ def orders_cancel(settings: Settings, order_id: int, as_json: bool) -> None:
 
 
 @orders.command("reconcile")
-@click.option("--connector", required=True, help="Connector whose orders to resolve.")
-@click.option("--grace", type=click.FloatRange(min=0), default=None,
+@click.option("--connector", required=True, type=FILTER_TEXT,
+              help="Connector whose orders to resolve.")
+@click.option("--grace", type=GRACE_SECONDS, default=None,
               help="Seconds an order must be old before one the exchange does not know is "
-                   "declared rejected (default 60).")
+                   f"declared rejected (default {DEFAULT_RECONCILE_GRACE.total_seconds():g}; "
+                   f"0 to {MAX_GRACE_SECONDS}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the changed orders as JSON.")
 @click.pass_obj
 def orders_reconcile(settings: Settings, connector: str, grace: float | None,

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
+from bagbot_core.endpoints import check_endpoints
 from bagbot_core.errors import ConfigurationError, ExchangeRejectedError
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote
+from bagbot_core.params import NO_PARAMS, ParamSpec
 from bagbot_core.secrets import Secret
 
 
@@ -48,6 +50,9 @@ class ConnectorSettings:
     testnet: bool = True
     config: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     database_url: str | None = None
+    #: The live opt-in (``BAGBOT_ALLOW_LIVE``) as the router read it. A connector keeps it in
+    #: :attr:`Connector.allow_live` so that it refuses a live host on its own too.
+    allow_live: bool = False
 
 
 class Connector(abc.ABC):
@@ -69,6 +74,47 @@ class Connector(abc.ABC):
     #: The connector name, as in ``route_order("binance", ...)``.
     name: str = ""
     capabilities: Capabilities = Capabilities()
+
+    # -- where orders go (the live-host rule of bagbot_core.endpoints) --------------------
+
+    #: Host names of the exchange's documented sandbox (lower case, no port). With loopback
+    #: addresses, the only hosts a ``testnet=True`` connector may send orders to.
+    sandbox_hosts: frozenset[str] = frozenset()
+    #: Whether this instance may send to a live host: set it from
+    #: :attr:`ConnectorSettings.allow_live`. The router also sets it on a live connector it
+    #: approved (``testnet=False`` with the opt-in).
+    allow_live: bool = False
+    #: The verdict of the last :meth:`check_endpoints`: ``True`` orders go to a live host,
+    #: ``False`` to a sandbox or loopback host, ``None`` not checked or not declared. The
+    #: router records the order row's ``testnet`` from it.
+    live: bool | None = None
+
+    def endpoints(self) -> Sequence[str] | None:
+        """Every base URL (``scheme://host[:port][/path]``) where this instance places,
+        cancels or reads orders, as configured; ``()`` for an in-process exchange.
+
+        ``None`` (the default) means "not declared": the router then trusts the caller's
+        ``testnet`` as it did before and logs a warning, and the conformance suite fails the
+        connector. Declare it, with :attr:`sandbox_hosts`, so that a ``testnet=True``
+        connector pointed at a production host is refused before it sends anything.
+        """
+        return None
+
+    def check_endpoints(self, *, testnet: bool, allow_live: bool) -> bool | None:
+        """Apply :func:`bagbot_core.endpoints.check_endpoints` to :meth:`endpoints`, record
+        the verdict in :attr:`live` and return it (``None``: not declared).
+
+        :raises LiveTradingNotAllowedError: a live host with ``testnet`` or without
+            ``allow_live``; nothing was sent.
+        """
+        urls = self.endpoints()
+        if urls is None:
+            return None
+        self.live = check_endpoints(
+            self.name or type(self).__name__, urls, sandbox_hosts=self.sandbox_hosts,
+            testnet=testnet, allow_live=allow_live,
+        )
+        return self.live
 
     @abc.abstractmethod
     async def load_markets(self, *, reload: bool = False) -> Mapping[str, Market]:
@@ -94,6 +140,13 @@ class Connector(abc.ABC):
     ) -> ExchangeOrder:
         """Cancel one order and return its state after the cancel."""
 
+    #: The pass-through ``params`` this connector accepts (build with
+    #: :func:`bagbot_core.params.declare_params`). The router refuses every other key before
+    #: the risk checks; the default accepts none, the safe choice for a connector that does
+    #: not say. Nothing declared here can change the order itself: see
+    #: :data:`bagbot_core.params.FORBIDDEN_PARAMS`.
+    allowed_params: Mapping[str, ParamSpec] = NO_PARAMS
+
     def prepare_order(
         self, order: OrderRequest, market: Market, reference_price: Decimal | None = None
     ) -> OrderRequest:
@@ -115,6 +168,12 @@ class Connector(abc.ABC):
             price = _round_to_step(price, market.price_step, rounding)
         rounded = attrs.evolve(order, amount=amount, price=price)
         return check_market_limits(rounded, market, reference_price)
+
+    #: How much more base than ordered a market buy may fill, as a fraction (``0.1``: 10 %).
+    #: Zero, the default: never more than ordered. A connector that sizes market buys in
+    #: quote currency (Coinbase's ``quote_size``) declares its slack here; such a buy may
+    #: also end ``filled`` below the amount. See :mod:`bagbot_core.exchange_state`.
+    market_buy_tolerance: Decimal = Decimal(0)
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release sessions and sockets; the router calls it once at shutdown."""
@@ -164,28 +223,53 @@ def check_market_limits(
 # -- reading ConnectorSettings.config ---------------------------------------------------
 
 
-def config_secret(config: Mapping[str, Any], key: str, env: str) -> Secret | None:
+def config_secret(
+    config: Mapping[str, Any], key: str, env: str, *, multiline: bool = False
+) -> Secret | None:
     """Credential ``key`` from the connector config, else from environment variable ``env``.
 
     A :class:`~bagbot_core.secrets.Secret` or a string is accepted (strings are stripped);
     an absent, empty or blank value counts as not given. The value never appears in errors.
+
+    :param multiline: the value is a PEM key: line breaks (LF or CR LF) are allowed.
+    :raises ConfigurationError: the value holds a control character (a line break unless
+        ``multiline``, a tab, NUL, ...), an unpaired surrogate or other unprintable text. Such
+        a value would break the request that carries it, after bagbot wrote the order.
     """
-    return _as_secret(config.get(key)) or _as_secret(os.environ.get(env))
+    return (_as_secret(config.get(key), f"connector config key {key!r}", multiline)
+            or _as_secret(os.environ.get(env), env, multiline))
 
 
-def _as_secret(value: object) -> Secret | None:
+def _as_secret(value: object, where: str, multiline: bool = False) -> Secret | None:
     if isinstance(value, Secret):
-        return value if value else None
-    if isinstance(value, str) and value.strip():
-        return Secret(value.strip())
-    return None
+        secret = value
+    elif isinstance(value, str):
+        secret = Secret(value.strip())
+    else:
+        return None
+    if not secret:
+        return None
+    text = secret.reveal()
+    if multiline:
+        text = text.replace("\r\n", "").replace("\n", "")
+    if not text.isprintable():
+        breaks = "" if multiline else "a line break, "
+        raise ConfigurationError(
+            f"the credential in {where} contains a control character ({breaks}tab, NUL, ...) "
+            "or other unprintable text and cannot be sent to an exchange; fix the value "
+            "(it is not shown here)"
+        )
+    return secret
 
 
-def config_bool(value: object) -> bool:
-    """A config flag: strings ``0``/``false``/``no``/``off``/empty are false, else truthiness."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(value)
+def config_bool(value: object, name: str = "connector config flag") -> bool:
+    """A config flag by bagbot's one boolean rule (:func:`bagbot_core.settings.parse_bool`).
+
+    :raises ConfigurationError: naming ``name`` for a value that is neither true nor false.
+    """
+    from bagbot_core.settings import parse_bool
+
+    return parse_bool(value, name)
 
 
 def http_base_url(value: object, what: str, *, allow_query: bool = False) -> str:
@@ -193,12 +277,34 @@ def http_base_url(value: object, what: str, *, allow_query: bool = False) -> str
 
     :param what: names the setting in the error, e.g. ``"binance: api_url"``.
     :param allow_query: drop a query string instead of refusing the URL.
-    :raises ConfigurationError: not an http(s) URL with a host (or it has a query).
+    :raises ConfigurationError: not an http(s) URL with a host, or it has a query, or it
+        carries ``user:password@`` (credentials in a URL end up in logs and error texts).
+        The message says what is wrong and never quotes the value.
     """
-    parts = urlsplit(str(value))
-    if (parts.scheme not in ("http", "https") or not parts.netloc
-            or (parts.query and not allow_query)):
-        raise ConfigurationError(f"{what} must be an http(s) URL, got {value!r}")
+    text = str(value).strip()
+    problem = None
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        problem = "it cannot be parsed"
+    else:
+        if not text.isprintable() or " " in text:
+            problem = "it contains spaces or control characters"
+        elif parts.scheme not in ("http", "https"):
+            problem = "it does not start with http:// or https://"
+        elif "@" in parts.netloc:
+            problem = ("it carries user info (user:password@): give credentials their own "
+                       "settings")
+        elif not parts.hostname:
+            problem = "it has no host"
+        elif parts.query and not allow_query:
+            problem = "it has a query string"
+    if problem is not None:
+        raise ConfigurationError(
+            f"{what} must be an http(s)://host[:port][/path] URL, but {problem} "
+            "(the value is not shown: it may hold a credential)"
+        )
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 

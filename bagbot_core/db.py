@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bagbot_core.errors import ConfigurationError
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 ENV_DATABASE_URL = "BAGBOT_DATABASE_URL"
+#: How errors name the setting a database URL comes from.
+URL_SETTING = f"--database-url / {ENV_DATABASE_URL}"
 ENV_SQLITE_BUSY_TIMEOUT = "BAGBOT_SQLITE_BUSY_TIMEOUT_MS"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 
@@ -32,6 +35,14 @@ RELAXED_SYNC: ContextVar[bool] = ContextVar("bagbot_relaxed_sync", default=False
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_E = TypeVar("_E")
+
+#: Python module of a database driver -> what to install for it.
+_DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle", "psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'",
+    "asyncpg": "asyncpg", "pg8000": "pg8000", "pyodbc": "pyodbc", "aiosqlite": "aiosqlite",
+}
 
 
 def default_database_path() -> Path:
@@ -41,9 +52,18 @@ def default_database_path() -> Path:
 
 
 def database_url(url: str | None = None) -> str:
-    """The URL to use: ``url``, else ``BAGBOT_DATABASE_URL``, else the default SQLite file."""
+    """The URL to use: ``url``, else ``BAGBOT_DATABASE_URL``, else the default SQLite file.
+
+    :raises ConfigurationError: the URL holds NUL or bytes that are not UTF-8 (no driver
+        can pass them on).
+    """
     chosen = url or os.environ.get(ENV_DATABASE_URL)
     if chosen:
+        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in chosen):
+            raise ConfigurationError(
+                f"the database URL ({URL_SETTING}) contains NUL or bytes that are not UTF-8 "
+                "text: write it in UTF-8"
+            )
         return chosen
     return f"sqlite:///{default_database_path()}"
 
@@ -84,12 +104,56 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _prepare_sqlite_path(url: str) -> None:
-    parsed = make_url(url)
+def parse_url(url: str | URL) -> URL:
+    """``url`` parsed; a malformed one is a :class:`ConfigurationError` that names the
+    setting (and never quotes the text: it may hold a password)."""
+    try:
+        return make_url(url)
+    except Exception:
+        raise ConfigurationError(
+            f"invalid database URL ({URL_SETTING}): not a SQLAlchemy URL; write e.g. "
+            "sqlite:////path/to/bagbot.db or postgresql+psycopg://USER@HOST/DBNAME"
+        ) from None
+
+
+def _create(factory: Callable[..., _E], url: URL, **kwargs: Any) -> _E:
+    """``factory(url)``, with a missing driver or unknown dialect as a ConfigurationError."""
+    try:
+        return factory(url, **kwargs)
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"the database URL ({URL_SETTING}) names the dialect {url.drivername!r},"
+            " which SQLAlchemy does not know: bagbot runs on sqlite:///PATH and "
+            "postgresql+psycopg://USER@HOST/DBNAME"
+        ) from None
+    except ImportError as exc:
+        module = exc.name or str(exc)
+        package = _DRIVER_PACKAGES.get(module.split(".")[0], module)
+        raise ConfigurationError(
+            f"the database URL ({URL_SETTING}) needs the Python driver {module!r} for "
+            f"{url.drivername!r}, which is not installed: pip install {package} "
+            "(bagbot is tested on SQLite and PostgreSQL: pip install 'bagbot-core[postgres]')"
+        ) from None
+    except (TypeError, ValueError) as exc:  # e.g. a query argument the driver does not take
+        text = str(exc).replace(url.password, "***") if url.password else str(exc)
+        raise ConfigurationError(
+            f"the database URL ({URL_SETTING}) cannot be used: {text}"
+        ) from None
+
+
+def _prepare_sqlite_path(url: str | URL) -> None:
+    parsed = parse_url(url)
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith(
         "file:"
     ):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(parsed.database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the directory '{directory}' for the SQLite "
+                f"database ({URL_SETTING}): {exc.strerror or exc}; check the path"
+            ) from None
 
 
 def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
@@ -103,18 +167,19 @@ def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
         engine = _engines.get(resolved)
         if engine is not None:
             return engine
-        try:
-            parsed = make_url(resolved)
-        except Exception as exc:
-            raise ConfigurationError(f"invalid database URL: {exc}") from None
+        parsed = parse_url(resolved)
         if parsed.get_backend_name() == "sqlite":
-            _prepare_sqlite_path(resolved)
-            engine = create_engine(resolved)
+            _prepare_sqlite_path(parsed)
+            engine = _create(create_engine, parsed)
             _configure_sqlite(engine)
         else:
-            engine = create_engine(resolved, pool_pre_ping=True)
+            engine = _create(create_engine, parsed, pool_pre_ping=True)
         if create_tables:
-            init_db(engine)
+            try:
+                init_db(engine)
+            except BaseException:
+                engine.dispose()
+                raise
         _engines[resolved] = engine
         return engine
 
@@ -131,14 +196,14 @@ def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> A
             f"async database sessions need the asyncio extra: pip install 'bagbot-core[asyncio]' "
             f"({exc})"
         ) from None
-    parsed = make_url(database_url(url))
+    parsed = parse_url(database_url(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        _prepare_sqlite_path(str(parsed))
+        _prepare_sqlite_path(parsed)
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = create_async_engine(parsed)
+    engine = _create(create_async_engine, parsed)
     if backend == "sqlite":
         _configure_sqlite(engine.sync_engine)
     if create_tables:
@@ -153,11 +218,20 @@ def init_db(engine: Engine) -> None:
     """Make sure ``engine``'s database has bagbot's tables at the current schema.
 
     An empty database is created through the migrations; one behind the current schema is
-    refused with a :class:`ConfigurationError` telling to run ``bagbot db upgrade``.
+    refused with a :class:`ConfigurationError` telling to run ``bagbot db upgrade``; so is a
+    SQLite file that cannot be opened (a path that is a directory, a read-only place).
     """
     from bagbot_core.migrate import ensure_schema
 
-    ensure_schema(engine)
+    try:
+        ensure_schema(engine)
+    except OperationalError as exc:
+        if engine.dialect.name != "sqlite" or "unable to open" not in str(exc.orig):
+            raise  # e.g. a server that is down: may pass, not a setting to fix
+        raise ConfigurationError(
+            f"cannot open the SQLite database {str(engine.url.database)!r} "
+            f"({URL_SETTING}): {exc.orig}; check the path (a file in a writable directory)"
+        ) from None
 
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:

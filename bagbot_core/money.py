@@ -7,6 +7,7 @@ sent: a value that would need rounding to fit is an error, not a silent change.
 
 from __future__ import annotations
 
+import re
 from decimal import Context, Decimal, InvalidOperation
 
 from bagbot_core.errors import OrderValidationError
@@ -17,6 +18,31 @@ MAX_SCALE = 18
 MAX_VALUE = Decimal(10) ** 20
 # Wide enough that normalising any accepted value never rounds it.
 _EXACT = Context(prec=80, Emax=999_999, Emin=-999_999)
+#: A number as bagbot reads text: ASCII digits, optional sign, point and exponent -- or a
+#: NaN/infinity spelling, parsed so that callers can say "must be finite".
+_NUMBER_RE = re.compile(
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|s?nan[0-9]*|inf|infinity)",
+    re.IGNORECASE,
+)
+
+
+def parse_number_text(text: str) -> Decimal | None:
+    """``text`` as a Decimal if it is a number written in ASCII, else ``None``.
+
+    ``Decimal()`` alone reads every Unicode digit (``"0\u06601"`` -- an Arabic-Indic zero
+    that looks like a dot -- is 1) and underscores (``"1_0"`` is 10); money text may hold
+    only ``0-9``, a sign, a point and an exponent. Surrounding ASCII whitespace is ignored;
+    NaN and infinities are returned for the caller to refuse.
+    """
+    if not text.isascii():
+        return None
+    text = text.strip()
+    if len(text) > 100 or not _NUMBER_RE.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # not reached for text the pattern accepts
+        return None
 
 
 def to_decimal(value: object, field: str) -> Decimal:
@@ -24,20 +50,27 @@ def to_decimal(value: object, field: str) -> Decimal:
 
     Accepts ``Decimal``, ``int`` and numeric ``str``. A ``float`` is accepted through
     ``str(value)`` (so ``0.1`` means ``Decimal("0.1")``, not the binary approximation).
-    ``bool`` is refused: ``True`` is not an amount.
+    ``bool`` is refused: ``True`` is not an amount. Text must be written in ASCII (see
+    :func:`parse_number_text`): ``"\uff11"`` or ``"0\u06601"`` are refused, never read as 1.
 
     :raises OrderValidationError: naming ``field`` for anything else -- NaN, infinities,
         zero, negatives, malformed text, more than 18 decimal places, 10**20 or more.
     """
     if isinstance(value, bool) or not isinstance(value, Decimal | int | str | float):
         raise OrderValidationError(f"{field} must be a number, got {type(value).__name__}")
-    text = str(value).strip() if not isinstance(value, Decimal) else None
-    if text is not None and (len(text) > 100 or not text):
-        raise OrderValidationError(f"{field} is not a number: {text[:40]!r}")
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(text)  # type: ignore[arg-type]
-    except (InvalidOperation, ValueError):
-        raise OrderValidationError(f"{field} is not a number: {text!r}") from None
+    if isinstance(value, Decimal | int):
+        number = Decimal(value)  # exact; str() of a huge int would raise
+    else:
+        text = str(value)
+        if not text.isascii():
+            raise OrderValidationError(
+                f"{field} must be written with ASCII digits 0-9, got {text[:40]!a}"
+            )
+        text = text.strip()
+        parsed = parse_number_text(text) if text else None
+        if parsed is None:
+            raise OrderValidationError(f"{field} is not a number: {text[:40]!r}")
+        number = parsed
     if not number.is_finite():
         raise OrderValidationError(f"{field} must be finite, got {number}")
     if number <= 0:

@@ -20,7 +20,33 @@ SYMBOL_RE = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}")
 #: Caller-supplied idempotency keys: safe for every supported exchange's id rules.
 CLIENT_ORDER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,36}")
 
+#: Connector names: 1-64 ASCII characters, so that every database stores them alike (the
+#: ``connector`` column is ``VARCHAR(64)``) and no name can carry control characters.
+CONNECTOR_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
 KNOWN_KEYS = frozenset({"symbol", "side", "type", "amount", "price", "params", "client_order_id"})
+
+
+def check_connector_name(name: object) -> bool:
+    """Is ``name`` a valid connector name (:data:`CONNECTOR_NAME_RE`)?"""
+    return isinstance(name, str) and CONNECTOR_NAME_RE.fullmatch(name) is not None
+
+
+def connector_name_error(name: object) -> OrderValidationError:
+    """The refusal of an invalid connector name; the value shown escaped and clipped."""
+    shown = ascii(name[:40]) if isinstance(name, str) else f"a {type(name).__name__}"
+    return OrderValidationError(
+        f"connector must be 1-64 characters of letters, digits, '_', '.' or '-', got {shown}"
+    )
+
+
+def storable_connector_name(name: object) -> str:
+    """An invalid connector name as a row can hold it: ASCII-escaped, at most 64 characters.
+
+    Identical on every database: no NUL, no surrogate, no length the column refuses.
+    """
+    text = name if isinstance(name, str) else f"<{type(name).__name__}>"
+    return ascii(text)[1:-1][:64]
 
 
 def _text(payload: Mapping[str, Any], key: str) -> str:

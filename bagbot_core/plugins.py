@@ -21,26 +21,42 @@ from bagbot_core import hookspecs
 from bagbot_core.connector import ConnectorSpec
 from bagbot_core.errors import (
     BagbotError,
+    ConfigurationError,
     DuplicateNameError,
     PluginError,
     PluginLoadError,
     UnknownConnectorError,
 )
 from bagbot_core.markers import PROJECT
-from bagbot_core.risk import RiskCheck
+from bagbot_core.payload import check_connector_name
+from bagbot_core.risk import ENV_SKIP_RISK_CHECKS, RiskCheck
+from bagbot_core.settings import env_bool
 
 #: The entry-point group installed plugins register under.
 ENTRY_POINT_GROUP = "bagbot"
-#: Comma-separated plugin names not to load (built-ins included).
+#: Comma-separated plugin names not to load (built-ins included, except ``risk``).
 ENV_DISABLE = "BAGBOT_DISABLE_PLUGINS"
-#: Set to ``1`` to print every hook call and result to stderr.
+#: A true boolean (see :mod:`bagbot_core.settings`) prints every hook call to stderr.
 ENV_TRACE = "BAGBOT_TRACE_HOOKS"
 
-#: Built-in plugins: name -> module. Disable them like any other plugin.
+#: Built-in plugins: name -> module. Disable them like any other plugin, except ``risk``.
 BUILTIN_PLUGINS: Mapping[str, str] = {
     "risk": "bagbot_core.risk_checks",
     "paper": "bagbot_core.paper.plugin",
 }
+#: Plugins the plugin switch cannot remove: the built-in risk checks are skipped only
+#: through their own, logged setting (``BAGBOT_SKIP_RISK_CHECKS``), never in silence.
+PROTECTED_PLUGINS = frozenset({"risk"})
+
+
+def _refuse_protected(names: Iterable[str], how: str) -> None:
+    protected = sorted(PROTECTED_PLUGINS.intersection(names))
+    if protected:
+        raise ConfigurationError(
+            f"the built-in {protected[0]!r} plugin cannot be removed with {how}: to skip risk "
+            f"checks set {ENV_SKIP_RISK_CHECKS} to check names or 'all' (in code: "
+            "Router(skip_risk_checks=...)); every order is then logged as bypassing them"
+        )
 
 
 @attrs.frozen
@@ -83,6 +99,7 @@ class PluginRegistry:
     Build one per router (or per test); there is no module-global manager.
 
     :param disabled: plugin names not to load; ``None`` reads ``BAGBOT_DISABLE_PLUGINS``.
+        ``risk`` is refused with :class:`ConfigurationError`: see :data:`PROTECTED_PLUGINS`.
     :param load_entrypoints: load installed plugins (``False`` gives built-ins only).
     :param plugins: extra ``(name, plugin)`` pairs to register, e.g. a test's plugin object.
     """
@@ -94,7 +111,13 @@ class PluginRegistry:
         load_entrypoints: bool = True,
         plugins: Iterable[tuple[str, object]] = (),
     ) -> None:
-        self.disabled = frozenset(disabled) if disabled is not None else disabled_from_env()
+        if disabled is None:
+            self.disabled = disabled_from_env()
+            _refuse_protected(self.disabled, ENV_DISABLE)
+        else:
+            self.disabled = frozenset(disabled)
+            _refuse_protected(self.disabled, "PluginRegistry(disabled=...)")
+        self._trace = env_bool(ENV_TRACE)
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._provenance: dict[str, Provenance] = {}
@@ -111,7 +134,7 @@ class PluginRegistry:
             self._load_entrypoints()
         for name, plugin in plugins:
             self.register(plugin, name)
-        if os.environ.get(ENV_TRACE) == "1":
+        if self._trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
 
@@ -143,7 +166,11 @@ class PluginRegistry:
         self._register(plugin, name, Provenance(name, distribution, version))
 
     def unregister(self, name: str) -> None:
-        """Remove a loaded plugin by name (the code-side equivalent of disabling it)."""
+        """Remove a loaded plugin by name (the code-side equivalent of disabling it).
+
+        :raises ConfigurationError: for ``risk`` (see :data:`PROTECTED_PLUGINS`).
+        """
+        _refuse_protected([name], "PluginRegistry.unregister")
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin, name=name)
@@ -176,15 +203,15 @@ class PluginRegistry:
                 impl.plugin_name, Provenance(impl.plugin_name, "<unknown>", "")
             )
             try:
-                result = impl.function()
+                items = list(impl.function() or ())
+                self._trace_call(hook_name, impl.plugin_name, f"returned {len(items)}")
             except BagbotError:
                 raise
             except Exception as exc:
                 raise PluginError(
                     f"{hook_name} of {provenance} raised {type(exc).__name__}: {exc}"
                 ) from exc
-            for item in result or ():
-                out.append((item, provenance))
+            out.extend((item, provenance) for item in items)
         return out
 
     def connectors(self) -> dict[str, tuple[ConnectorSpec, Provenance]]:
@@ -196,6 +223,12 @@ class PluginRegistry:
                     raise PluginError(
                         f"bagbot_add_connectors of {provenance} returned "
                         f"{type(spec).__name__}, expected ConnectorSpec"
+                    )
+                if not check_connector_name(spec.name):
+                    raise PluginError(
+                        f"bagbot_add_connectors of {provenance} returned a connector named "
+                        f"{ascii(spec.name)[:80]}: names are 1-64 characters of letters, "
+                        "digits, '_', '.' or '-'"
                     )
                 if spec.name in found:
                     raise DuplicateNameError(
@@ -267,9 +300,16 @@ class PluginRegistry:
             args = {name: kwargs[name] for name in impl.argnames}
             try:
                 impl.function(**args)
+                self._trace_call(hook_name, impl.plugin_name, "ok")
             except Exception as exc:
+                self._trace_call(hook_name, impl.plugin_name, f"raised {type(exc).__name__}")
                 failures.append((impl.plugin_name, exc))
         return failures
+
+    def _trace_call(self, hook_name: str, plugin: str, outcome: str) -> None:
+        """One line per hook call with ``BAGBOT_TRACE_HOOKS`` on: names only, no values."""
+        if self._trace:
+            sys.stderr.write(f"bagbot hook {hook_name} [{plugin}]: {outcome}\n")
 
 
 def _import(module: str, name: str, distribution: str) -> object:

@@ -14,13 +14,24 @@ from decimal import Decimal
 
 import attrs
 
-from bagbot_core.money import decimal_text, parse_setting
+from bagbot_core.errors import ConfigurationError
+from bagbot_core.money import decimal_text
 from bagbot_core.orders import Market, OrderRequest, Quote
+from bagbot_core.settings import env_decimal
 
 #: The seed's environment variables and defaults.
 ENV_MAX_ORDER_QTY = "MAX_ORDER_QTY"
 ENV_MAX_ORDER_VALUE_USD = "MAX_ORDER_VALUE_USD"
 ENV_MIN_ORDER_QTY = "MIN_ORDER_QTY"
+#: Comma-separated risk check names to skip, or ``all``: the only way to bypass checks.
+ENV_SKIP_RISK_CHECKS = "BAGBOT_SKIP_RISK_CHECKS"
+#: The ``BAGBOT_SKIP_RISK_CHECKS`` value that skips every check.
+SKIP_ALL = "all"
+_FIELD_ENV = {
+    "max_order_qty": ENV_MAX_ORDER_QTY,
+    "max_order_value_usd": ENV_MAX_ORDER_VALUE_USD,
+    "min_order_qty": ENV_MIN_ORDER_QTY,
+}
 
 #: Quote currencies valued 1:1 as US dollars by the max-value check.
 USD_QUOTES = frozenset({"USD", "USDT", "USDC", "BUSD", "FDUSD", "TUSD", "USDP", "DAI"})
@@ -28,28 +39,45 @@ USD_QUOTES = frozenset({"USD", "USDT", "USDC", "BUSD", "FDUSD", "TUSD", "USDP", 
 
 @attrs.frozen
 class RiskLimits:
-    """The built-in checks' limits; boundaries are inclusive (``qty == max`` passes)."""
+    """The built-in checks' limits; boundaries are inclusive (``qty == max`` passes).
+
+    :raises ConfigurationError: a limit that is not a finite, positive Decimal, or a
+        minimum above the maximum (no order could ever pass: a setup mistake, not a policy).
+    """
 
     max_order_qty: Decimal = Decimal("10.0")
     max_order_value_usd: Decimal = Decimal("100000.0")
     min_order_qty: Decimal = Decimal("0.0001")
 
+    def __attrs_post_init__(self) -> None:
+        for field, var in _FIELD_ENV.items():
+            value = getattr(self, field)
+            if (isinstance(value, bool) or not isinstance(value, Decimal)
+                    or not value.is_finite() or value <= 0):
+                raise ConfigurationError(
+                    f"{field} ({var}) must be a finite Decimal greater than zero, got "
+                    f"{value!r}"
+                )
+        if self.min_order_qty > self.max_order_qty:
+            raise ConfigurationError(
+                f"min_order_qty ({ENV_MIN_ORDER_QTY}) = {decimal_text(self.min_order_qty)} is "
+                f"greater than max_order_qty ({ENV_MAX_ORDER_QTY}) = "
+                f"{decimal_text(self.max_order_qty)}: no order could pass; lower the one or "
+                "raise the other"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RiskLimits:
         """Read ``MAX_ORDER_QTY``, ``MAX_ORDER_VALUE_USD``, ``MIN_ORDER_QTY``.
 
-        :raises ConfigurationError: naming the variable when a value is malformed.
+        :raises ConfigurationError: naming the variable when a value is malformed (ASCII
+            digits only), or both when the minimum is above the maximum.
         """
-        env = os.environ if environ is None else environ
         kwargs: dict[str, Decimal] = {}
-        for var, field in (
-            (ENV_MAX_ORDER_QTY, "max_order_qty"),
-            (ENV_MAX_ORDER_VALUE_USD, "max_order_value_usd"),
-            (ENV_MIN_ORDER_QTY, "min_order_qty"),
-        ):
-            raw = env.get(var)
-            if raw is not None and raw.strip():
-                kwargs[field] = parse_setting(raw, var)
+        for field, var in _FIELD_ENV.items():
+            value = env_decimal(var, environ)
+            if value is not None:
+                kwargs[field] = value
         return cls(**kwargs)
 
 
@@ -154,6 +182,47 @@ def run_checks(checks: Sequence[RiskCheck], context: RiskContext) -> list[RiskVi
                     )
                 )
     return violations
+
+
+def parse_skip_list(value: str | Iterable[str] | None) -> frozenset[str]:
+    """Check names from ``"a, b"`` or an iterable of names; ``None`` reads the environment.
+
+    :raises ConfigurationError: an entry that is not a string.
+    """
+    if value is None:
+        value = os.environ.get(ENV_SKIP_RISK_CHECKS, "")
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigurationError(
+                f"{ENV_SKIP_RISK_CHECKS}: check names are strings, got {type(item).__name__}")
+        if item.strip():
+            names.add(item.strip())
+    return frozenset(names)
+
+
+def resolve_skipped(requested: frozenset[str], available: Sequence[str]) -> tuple[str, ...]:
+    """The check names ``requested`` stands for, in ``available`` order.
+
+    :raises ConfigurationError: naming every unknown entry and the checks that exist: a typo
+        must neither skip nothing nor everything.
+    """
+    if not requested:
+        return ()
+    if SKIP_ALL in requested:
+        if len(requested) > 1:
+            raise ConfigurationError(
+                f"{ENV_SKIP_RISK_CHECKS}: {SKIP_ALL!r} cannot be combined with check names")
+        return tuple(available)
+    unknown = sorted(requested.difference(available))
+    if unknown:
+        raise ConfigurationError(
+            f"{ENV_SKIP_RISK_CHECKS}: no risk check named "
+            f"{', '.join(ascii(name[:40]) for name in unknown[:5])} (checks: "
+            f"{', '.join(available) or 'none'}; or {SKIP_ALL!r})"
+        )
+    return tuple(name for name in available if name in requested)
 
 
 def fmt(value: Decimal | None) -> str | None:

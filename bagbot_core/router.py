@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 
@@ -32,6 +31,7 @@ from sqlalchemy import inspect as sa_inspect
 
 from bagbot_core import audit, store
 from bagbot_core.connector import Connector, ConnectorSettings
+from bagbot_core.endpoints import warn_undeclared
 from bagbot_core.errors import (
     BagbotError,
     ConfigurationError,
@@ -45,17 +45,34 @@ from bagbot_core.errors import (
     RateLimitedError,
     RiskCheckError,
 )
+from bagbot_core.exchange_state import Inconsistent, Stale, answer_summary
 from bagbot_core.models import Order, utcnow
 from bagbot_core.money import decimal_text
 from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Quote
-from bagbot_core.payload import parse_order_payload
+from bagbot_core.params import validate_params
+from bagbot_core.payload import (
+    check_connector_name,
+    connector_name_error,
+    parse_order_payload,
+    storable_connector_name,
+)
 from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskContext, RiskLimits, RiskViolation, run_checks
+from bagbot_core.reconcile_grace import (  # re-exported: the router owns the setting
+    DEFAULT_RECONCILE_GRACE as DEFAULT_RECONCILE_GRACE,
+)
+from bagbot_core.risk import (
+    ENV_SKIP_RISK_CHECKS,
+    RiskContext,
+    RiskLimits,
+    RiskViolation,
+    parse_skip_list,
+    resolve_skipped,
+    run_checks,
+)
+from bagbot_core.settings import env_bool
 from bagbot_core.status import OrderStatus
 
 ENV_ALLOW_LIVE = "BAGBOT_ALLOW_LIVE"
-#: How long a ``pending``/``unknown`` row must be old before reconcile may call it lost.
-DEFAULT_RECONCILE_GRACE = dt.timedelta(seconds=180)
 
 T = TypeVar("T")
 
@@ -66,8 +83,19 @@ def new_client_order_id() -> str:
 
 
 def live_allowed(environ: Mapping[str, str] | None = None) -> bool:
-    value = (os.environ if environ is None else environ).get(ENV_ALLOW_LIVE, "")
-    return value.strip().lower() in ("1", "true", "yes")
+    """``BAGBOT_ALLOW_LIVE`` by the one boolean rule of :mod:`bagbot_core.settings`.
+
+    :raises ConfigurationError: a value that is neither true nor false (``ture``).
+    """
+    return env_bool(ENV_ALLOW_LIVE, environ)
+
+
+def _shown(value: object) -> str:
+    """A caller's value for an error or a row: escaped, clipped, never raising."""
+    try:
+        return ascii(value)[:60]
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 class _Db:
@@ -110,8 +138,8 @@ _bind_urls: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _clip(value: object, size: int) -> str:
-    """Untrusted text, cut to a column's size, with NUL (which PostgreSQL refuses) replaced."""
-    return value[:size].replace("\x00", "\ufffd") if isinstance(value, str) else ""
+    """Untrusted text, cut to a column's size, made storable (no NUL, no lone surrogate)."""
+    return store.storable(value[:size]) if isinstance(value, str) else ""
 
 
 def _register_secrets(config: Mapping[str, Any]) -> None:
@@ -149,6 +177,11 @@ class Router:
         the caller's ``testnet=False`` and this are needed before a live order is sent.
     :param reconcile_grace: how old an unresolved row must be before reconcile may
         declare an order the exchange does not know ``rejected``.
+    :param skip_risk_checks: risk check names not to run, or ``"all"``; default reads
+        ``BAGBOT_SKIP_RISK_CHECKS``. Every order routed meanwhile logs a
+        ``risk_checks_bypassed`` warning and its row's ``details["risk_checks_skipped"]``
+        lists them. ``"all"`` means every check loaded when the router is built.
+    :raises ConfigurationError: ``skip_risk_checks`` names a check that does not exist.
     """
 
     def __init__(
@@ -159,9 +192,15 @@ class Router:
         connector_config: Mapping[str, Mapping[str, Any]] | None = None,
         allow_live: bool | None = None,
         reconcile_grace: dt.timedelta = DEFAULT_RECONCILE_GRACE,
+        skip_risk_checks: str | Iterable[str] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else PluginRegistry()
         self.limits = limits if limits is not None else RiskLimits.from_env()
+        requested = parse_skip_list(skip_risk_checks)
+        #: The risk checks this router does not run (resolved, in registration order).
+        self.skipped_risk_checks: tuple[str, ...] = resolve_skipped(
+            requested, [check.name for check in self.registry.risk_checks()]
+        ) if requested else ()
         self.connector_config = {k: dict(v) for k, v in (connector_config or {}).items()}
         for config in self.connector_config.values():
             _register_secrets(config)
@@ -182,8 +221,12 @@ class Router:
     ) -> Connector:
         """The cached connector for (name, testnet, config), created on first use.
 
+        A new connector's declared endpoints are checked before it is cached or used
+        (:mod:`bagbot_core.endpoints`): ``testnet=True`` must mean a sandbox or loopback host.
+
         :raises UnknownConnectorError: no plugin provides ``name``.
-        :raises LiveTradingNotAllowedError: ``testnet=False`` without the live opt-in.
+        :raises LiveTradingNotAllowedError: ``testnet=False`` without the live opt-in, or
+            endpoints on a live host while ``testnet=True``; nothing was sent.
         :raises ConfigurationError: the connector's factory refused its configuration.
         """
         if not testnet and not self.allow_live:
@@ -207,7 +250,8 @@ class Router:
             if connector is None:
                 spec = self.registry.connector_spec(name)
                 settings = ConnectorSettings(
-                    testnet=testnet, config=config, database_url=database_url
+                    testnet=testnet, config=config, database_url=database_url,
+                    allow_live=self.allow_live,
                 )
                 try:
                     connector = spec.factory(settings)
@@ -220,6 +264,25 @@ class Router:
                     ) from exc
                 if not connector.name:
                     connector.name = name
+                try:
+                    live = connector.check_endpoints(testnet=testnet,
+                                                     allow_live=settings.allow_live)
+                except Exception as exc:
+                    try:  # nothing was sent; release whatever the factory opened
+                        await connector.close()
+                    except Exception as close_error:
+                        audit.get_logger().warning("connector_close_failed", connector=name,
+                                                   error=close_error)
+                    if isinstance(exc, BagbotError):
+                        raise
+                    raise ConfigurationError(
+                        f"connector {name!r} could not declare its endpoints: "
+                        f"{type(exc).__name__}: {audit.redact_text(str(exc))}"
+                    ) from exc
+                if live is None:
+                    warn_undeclared(name)
+                elif live:
+                    connector.allow_live = True  # approved here: its lazy re-check agrees
                 self._connectors[key] = connector
         return connector
 
@@ -275,8 +338,11 @@ class Router:
             nothing was sent.
         """
         runner = _Db(db)
-        log = audit.get_logger(user_id=user_id if isinstance(user_id, str) else repr(user_id),
-                               connector=connector_name, testnet=testnet)
+        name_ok, testnet_ok = check_connector_name(connector_name), isinstance(testnet, bool)
+        log = audit.get_logger(
+            user_id=user_id if isinstance(user_id, str) else repr(user_id),
+            connector=connector_name if name_ok else storable_connector_name(connector_name),
+            testnet=testnet if testnet_ok else _shown(testnet))
         if (not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128
                 or not user_id.isprintable()):
             error = OrderValidationError("user_id must be a non-empty string of at most 128 "
@@ -284,19 +350,35 @@ class Router:
             log.warning("order_invalid", reason=str(error))
             self._notify(log, "bagbot_on_route_error", order=None, error=error)
             raise error
-        if not isinstance(connector_name, str) or not connector_name.isprintable():
-            # Kept for the row (a lookup of it fails as "no connector named ..."), made
-            # storable: no database takes a NUL in a text column.
-            connector_name = _clip(str(connector_name), 64)
+        extra: dict[str, Any] = {}
+        if self.skipped_risk_checks:
+            extra["risk_checks_skipped"] = list(self.skipped_risk_checks)
+            log.warning("risk_checks_bypassed", checks=list(self.skipped_risk_checks),
+                        setting=ENV_SKIP_RISK_CHECKS,
+                        message="PRE-TRADE RISK CHECKS BYPASSED")
+        early: OrderValidationError | None = None
+        if not name_ok:
+            # The row keeps an escaped, clipped copy: stored the same on every database.
+            early = connector_name_error(connector_name)
+            connector_name = storable_connector_name(connector_name)
+        if not testnet_ok:
+            # "false" is truthy: guessing could send a live order. The row says testnet
+            # (the safe value) and keeps what was given.
+            extra["testnet_given"] = _shown(testnet)
+            early = early or OrderValidationError(
+                f"testnet must be True or False, got {_shown(testnet)}")
+            testnet = True
 
         payload_for_row = order_payload if isinstance(order_payload, Mapping) else {}
         log = log.bind(symbol=_clip(payload_for_row.get("symbol"), 64))
         log.info("order_received")
         try:
+            if early is not None:
+                raise early
             request = parse_order_payload(order_payload)
         except OrderValidationError as error:
             await self._reject_unparsed(runner, log, connector_name, user_id, testnet,
-                                        payload_for_row, error)
+                                        payload_for_row, error, details=extra)
             raise
 
         if request.client_order_id is not None:
@@ -307,18 +389,23 @@ class Router:
 
         client_order_id = request.client_order_id or new_client_order_id()
         log = log.bind(client_order_id=client_order_id)
-        row = {
+        row: dict[str, Any] = {
             "user_id": user_id, "connector": connector_name, "symbol": request.symbol,
             "side": request.side.value, "order_type": request.type.value,
             "qty": request.amount, "requested_qty": request.amount, "price": request.price,
             "testnet": testnet,
             "client_order_id": client_order_id,
         }
+        if extra:  # the pending and the rejected row both record a bypass
+            row["details"] = dict(extra)
 
         try:
             connector = await self.get_connector(
                 connector_name, testnet=testnet, database_url=runner.url()
             )
+            # Where the order really goes: a connector whose declared endpoints are all
+            # sandbox/loopback is a testnet even when testnet=False was asked for.
+            row["testnet"] = testnet if connector.live is None else not connector.live
             self._notify(log, "bagbot_before_route", connector=connector_name,
                          user_id=user_id, order=request)
             prepared = await self._check(connector, log, connector_name, user_id, request)
@@ -346,6 +433,11 @@ class Router:
         request: OrderRequest,
     ) -> OrderRequest:
         """Markets, quote, risk checks, market rounding; returns the order to send."""
+        # Params first: an undeclared or forbidden one is refused before anything is asked,
+        # checked or written pending (see bagbot_core.params).
+        request = attrs.evolve(request, params=validate_params(
+            request.params, connector.allowed_params, order_type=request.type,
+            connector=connector_name))
         try:
             markets = await connector.load_markets()
         except ExchangeError:
@@ -358,6 +450,8 @@ class Router:
             except ExchangeError as exc:  # the max-value check then fails closed
                 log.warning("quote_unavailable", error=exc)
         checks = self.registry.risk_checks()
+        if self.skipped_risk_checks:  # announced per order by route_order
+            checks = [c for c in checks if c.name not in self.skipped_risk_checks]
         context = RiskContext(order=request, connector=connector_name, user_id=user_id,
                               limits=self.limits, markets=markets, quote=quote)
         violations = run_checks(checks, context)
@@ -431,10 +525,13 @@ class Router:
 
         log.info("exchange_answered", status=state.status.value, external_id=state.external_id,
                  exchange_status=state.raw_status, filled=decimal_text(state.filled_qty))
+        old = OrderStatus(order.status)
         try:
             # The pending row is already durable; this answer, if a power loss dropped
             # it, is fetched again by reconcile: one disk flush less per order.
-            old = await runner.run(store.apply_exchange_state, order, state, durable=False)
+            decision = await runner.run(
+                store.apply_exchange_state, order, state, durable=False,
+                market_buy_tolerance=connector.market_buy_tolerance)
         except Exception as error:
             # The exchange has the order but we could not record its answer: the row stays
             # pending and reconcile will fetch it.
@@ -447,6 +544,13 @@ class Router:
             raise unknown from error
         log.info("persisted", status=order.status)
         await self._status_changed(log, order, old)
+        if isinstance(decision, Inconsistent):
+            # Recorded unknown: whatever the exchange did, this answer cannot say what.
+            log.error("inconsistent_answer", reason=decision.reason,
+                      answer=answer_summary(state))
+            self._fail(log, order, OrderStatusUnknownError(
+                f"order {order.client_order_id} may have reached {order.connector}, but its "
+                f"answer does not add up ({decision.reason}); do not resend, run reconcile"))
         if order.status == OrderStatus.REJECTED:
             self._fail(log, order, ExchangeRejectedError(
                 state.reason or f"{order.connector} rejected the order ({state.raw_status})"))
@@ -464,7 +568,8 @@ class Router:
         self, runner: _Db, log: Any, row: dict[str, Any], error: BagbotError,
         original: BaseException,
     ) -> Order:
-        details: dict[str, Any] = {"stage": "pre-trade", "error": type(error).__name__}
+        details: dict[str, Any] = {**row.pop("details", {}), "stage": "pre-trade",
+                                   "error": type(error).__name__}
         if isinstance(error, RiskCheckError):
             details["violations"] = [v.as_dict() for v in error.violations]
         reason = audit.redact_text(str(error))
@@ -485,6 +590,7 @@ class Router:
     async def _reject_unparsed(
         self, runner: _Db, log: Any, connector_name: str, user_id: str, testnet: bool,
         payload: Mapping[str, Any], error: OrderValidationError,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         raw = {str(k)[:40]: audit.redact_text(repr(v))[:200] for k, v in list(payload.items())[:20]}
         order = await runner.run(
@@ -494,7 +600,8 @@ class Router:
             order_type=_clip(payload.get("type"), 16), qty=Decimal(0), price=None,
             testnet=testnet, client_order_id=new_client_order_id(),
             status=OrderStatus.REJECTED.value, reason=str(error),
-            details={"stage": "validation", "error": type(error).__name__, "payload": raw},
+            details={**(details or {}), "stage": "validation", "error": type(error).__name__,
+                     "payload": raw},
         )
         error.order = order
         log.bind(order_id=order.id, client_order_id=order.client_order_id).warning(
@@ -505,11 +612,17 @@ class Router:
         self, runner: _Db, log: Any, existing: Order, connector_name: str, user_id: str,
         request: OrderRequest, testnet: bool,
     ) -> Order:
-        """Same idempotency key again: return the first order, never place a second."""
+        """Same idempotency key again: return the first order, never place a second.
+
+        A row records where its order went, so ``testnet=False`` also matches a testnet row
+        (the connector's endpoints were a sandbox or loopback host); a testnet request never
+        matches a live row.
+        """
         same = (
             existing.user_id == user_id and existing.connector == connector_name
             and existing.symbol == request.symbol and existing.side == request.side.value
-            and existing.order_type == request.type.value and existing.testnet == testnet
+            and existing.order_type == request.type.value
+            and (existing.testnet or not testnet)
         )
         log = log.bind(client_order_id=existing.client_order_id, order_id=existing.id)
         if not same:
@@ -535,8 +648,13 @@ class Router:
     async def sync_order(self, db: Any, order: Order | int) -> Order:
         """Fetch ``order`` from its exchange and record its status and fills.
 
+        The answer is merged monotonically (:mod:`bagbot_core.exchange_state`): an answer
+        older than the row (less filled, an earlier status) changes nothing and is logged as
+        ``stale_answer``.
+
         :raises ExchangeOrderNotFoundError: the exchange does not know it (row unchanged).
-        :raises ExchangeUnavailableError: could not ask (row unchanged; safe to retry).
+        :raises ExchangeUnavailableError: could not ask, or the answer does not add up
+            (logged as ``inconsistent_answer``; row unchanged; safe to retry).
         """
         runner = _Db(db)
         if isinstance(order, int):
@@ -545,7 +663,7 @@ class Router:
         connector = await self._connector_for(runner, order)
         state = await connector.fetch_order(order.symbol, external_id=order.external_id,
                                             client_order_id=order.client_order_id)
-        return await self._record(runner, log, order, state, "synced")
+        return await self._record(runner, log, order, state, "synced", connector)
 
     async def cancel_order(self, db: Any, order: Order | int) -> Order:
         """Cancel ``order`` on its exchange and record the result.
@@ -615,14 +733,44 @@ class Router:
             except ExchangeUnavailableError as exc:
                 log.warning("reconcile_failed", error=exc)
                 continue
-            await self._record(runner, log, order, state, "reconciled")
-            changed.append(order)
+            old = OrderStatus(order.status)
+            try:
+                await self._record(runner, log, order, state, "reconciled", conn)
+            except ExchangeUnavailableError as exc:  # an answer that does not add up
+                log.info("reconcile_deferred", reason=str(exc))
+            if order.status != old:
+                changed.append(order)
         return changed
 
     async def _record(
-        self, runner: _Db, log: Any, order: Order, state: ExchangeOrder, event: str
+        self, runner: _Db, log: Any, order: Order, state: ExchangeOrder, event: str,
+        connector: Connector | None = None,
     ) -> Order:
-        old = await runner.run(store.apply_exchange_state, order, state)
+        """Merge the exchange's answer into ``order`` (see :mod:`bagbot_core.exchange_state`).
+
+        A stale answer changes nothing (``stale_answer`` event).
+
+        :raises ExchangeUnavailableError: the answer does not add up (``inconsistent_answer``
+            event): the row keeps what it had -- a ``pending`` row becomes ``unknown`` -- and
+            the next sync or reconcile asks again.
+        """
+        if connector is None:
+            connector = await self._connector_for(runner, order)
+        old = OrderStatus(order.status)
+        decision = await runner.run(store.apply_exchange_state, order, state,
+                                    market_buy_tolerance=connector.market_buy_tolerance)
+        if isinstance(decision, Stale):
+            log.warning("stale_answer", reason=decision.reason, status=order.status,
+                        answer=answer_summary(state))
+            return order
+        if isinstance(decision, Inconsistent):
+            log.warning("inconsistent_answer", reason=decision.reason, status=order.status,
+                        answer=answer_summary(state))
+            await self._status_changed(log, order, old)
+            kept = "is now unknown" if order.status != old else "is unchanged"
+            raise ExchangeUnavailableError(
+                f"{order.connector}'s answer about order {order.id} does not add up "
+                f"({decision.reason}); the row {kept}, ask again later")
         log.info(event, status=order.status, exchange_status=state.raw_status,
                  filled=decimal_text(order.filled_qty))
         await self._status_changed(log, order, old)

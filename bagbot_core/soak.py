@@ -16,6 +16,8 @@ It prints a table and exits non-zero unless all of these hold:
 * 0 disagreements: after reconcile every row has the exchange's status and fill (a row
   the exchange never saw must be ``rejected``);
 * 0 requests reached the server inside a ``Retry-After`` window it announced;
+* 0 orders with hostile ``params`` (a share of the mix carries ``quantity``, a foreign
+  ``newClientOrderId``, ``price``...) reached the exchange, and each left a ``rejected`` row;
 * 0 credentials in the audit log or in the database rows;
 * 0 exceptions outside bagbot's documented hierarchy.
 
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import parse_qsl
 
 if TYPE_CHECKING:
     from bagbot_binance.testing import FakeBinanceServer
@@ -74,6 +77,18 @@ DEFAULT_RATES: Mapping[str, float] = {
     "drop_after": 0.03, "timeout": 0.015, "drop_before": 0.02, "http_5xx": 0.03,
     "rate_limit": 0.02, "malformed": 0.02, "latency": 0.05, "late": 0.01, "reject": 0.02,
 }
+#: Params that try to change an order past the risk checks or hide it from reconcile; the
+#: soak adds them, in turn, to a share of the orders (``{evil}`` becomes a fresh planted
+#: client id).
+HOSTILE_PARAMS: tuple[Mapping[str, Any], ...] = (
+    {"newClientOrderId": "{evil}"}, {"quantity": "50"}, {"quoteOrderQty": "900000"},
+    {"cost": "900000"}, {"price": "60000"}, {"clientOrderId": "{evil}"},
+    {"type": "MARKET"}, {"side": "SELL"}, {"symbol": "ETHUSDT"}, {"stopPrice": "1"},
+    {"timeInForce": "GTX"}, {"TimeInForce": "GTC"}, {"test": True},
+    {"newOrderRespType": "ACK"}, {"timeInForce": "IOC", "quantity": "50"},
+)
+DEFAULT_HOSTILE_RATE = 0.05
+
 #: Kinds also injected into reconcile's first pass (lookups, GET /api/v3/order).
 RECONCILE_FAULTS = ("drop_after", "timeout", "drop_before", "http_5xx", "rate_limit",
                     "malformed")
@@ -93,6 +108,9 @@ class SoakConfig:
     progress_every: int = 100
     report_json: Path | None = None
     max_reconcile_passes: int = 10
+    #: Share of orders that carry hostile params (drawn from their own random stream, so
+    #: the rest of the mix and its faults are the same at any rate).
+    hostile_rate: float = DEFAULT_HOSTILE_RATE
 
 
 @dataclass
@@ -120,6 +138,12 @@ class SoakResult:
     reconcile_changed: int = 0
     credential_leaks: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    hostile_params: int = 0
+    #: Per hostile order: the client order id of its row (``None``: no row) and the id it
+    #: tried to plant, if any.
+    hostile_orders: list[tuple[str | None, str | None]] = field(default_factory=list)
+    hostile_not_refused: list[str] = field(default_factory=list)
+    hostile_reached_exchange: list[str] = field(default_factory=list)
     seconds_routing: float = 0.0
     seconds_total: float = 0.0
     database: str = ""
@@ -140,6 +164,12 @@ class SoakResult:
             failed.append(f"credentials found in: {', '.join(self.credential_leaks)}")
         if self.unexpected:
             failed.append(f"{len(self.unexpected)} exception(s) outside BagbotError")
+        if self.hostile_not_refused:
+            failed.append(f"{len(self.hostile_not_refused)} order(s) with hostile params not "
+                          "refused with a rejected row")
+        if self.hostile_reached_exchange:
+            failed.append(f"{len(self.hostile_reached_exchange)} order(s) with hostile params "
+                          "reached the exchange")
         return failed
 
     @property
@@ -175,6 +205,15 @@ def order_payload(rng: random.Random) -> dict[str, Any]:
     price = Decimal("49000") + Decimal(rng.randint(0, 99999)) / 100  # crosses: fills
     return {"symbol": "BTC/USDT", "side": "sell", "type": "limit", "amount": amount,
             "price": str(price)}
+
+
+def hostile_params(rng: random.Random, number: int, turn: int) -> tuple[dict[str, Any], str | None]:
+    """:data:`HOSTILE_PARAMS` number ``turn`` (cycling), with a planted client id unique to
+    order ``number``; returns the params and the planted id, if any."""
+    evil = f"evil{number}x{rng.randrange(10**6)}"
+    chosen = HOSTILE_PARAMS[turn % len(HOSTILE_PARAMS)]
+    params = {k: evil if v == "{evil}" else v for k, v in chosen.items()}
+    return params, (evil if evil in params.values() else None)
 
 
 def choose_fault(rng: random.Random, rates: Mapping[str, float]) -> str | None:
@@ -289,26 +328,41 @@ def _foreign_unresolved(db: Session) -> int:
 
 async def _route_all(router: Router, server: FakeBinanceServer, db: Session, user_id: str,
                      config: SoakConfig, result: SoakResult, out: TextIO) -> None:
-    from bagbot_core.errors import BagbotError
+    from bagbot_core.errors import BagbotError, OrderValidationError
 
     rng = random.Random(config.seed)
+    hostile_rng = random.Random(config.seed + 2)
     progress = Progress(config.orders, config.progress_every, out)
     for i in range(config.orders):
         payload = order_payload(rng)
         kind = choose_fault(rng, config.rates)
+        planted: str | None = None
+        hostile = hostile_rng.random() < config.hostile_rate
+        if hostile:
+            payload["params"], planted = hostile_params(hostile_rng, i, result.hostile_params)
+            result.hostile_params += 1
         server.clear_faults()  # a fault the previous order never reached does not stack
         fault = None
         if kind is not None:
             fault = inject(server, kind, rng, config.timeout, method="POST", path=ORDER_PATH)
         result.attempted += 1
+        row: Order | None = None
+        refused = False
         try:
-            order = await router.route_order(CONNECTOR, payload, db, user_id)
-            result.outcomes[f"returned {order.status}"] += 1
+            row = await router.route_order(CONNECTOR, payload, db, user_id)
+            result.outcomes[f"returned {row.status}"] += 1
         except BagbotError as exc:
             result.outcomes[type(exc).__name__] += 1
+            row = exc.order
+            refused = isinstance(exc, OrderValidationError)
         except Exception as exc:  # anything outside the hierarchy is a finding
             result.outcomes["UNEXPECTED"] += 1
             result.unexpected.append(f"order {i}: {type(exc).__name__}: {exc}"[:300])
+        if hostile:
+            cid = None if row is None else row.client_order_id
+            result.hostile_orders.append((cid, planted))
+            if not refused or row is None or row.status != "rejected":
+                result.hostile_not_refused.append(f"order {i}: {payload['params']}"[:200])
         if fault is not None and fault not in server.faults:
             result.faults_injected[kind or ""] += 1
         progress.step(i + 1, result.outcomes)
@@ -402,6 +456,14 @@ def evaluate(server: FakeBinanceServer, rows: Sequence[Order], result: SoakResul
     result.requests_in_retry_window = len(server.requests_in_retry_windows())
     result.retry_windows = len(server.retry_windows)
 
+    sent_ids = {
+        dict(parse_qsl(r.query + "&" + r.body)).get("newClientOrderId")
+        for r in server.requests_to(ORDER_PATH, "POST")
+    }
+    result.hostile_reached_exchange = sorted(
+        cid for pair in result.hostile_orders for cid in pair
+        if cid is not None and (cid in sent_ids or server.book.orders_with_client_id(cid)))
+
     leaks = []
     wanted = [s for s in secrets if s]
     if any(s in log_text for s in wanted):
@@ -444,6 +506,9 @@ def format_report(result: SoakResult, config: SoakConfig) -> str:
     check("rows disagreeing with the exchange after reconcile", result.disagreements)
     check("requests sent inside a Retry-After window", result.requests_in_retry_window)
     check("credentials found in the log or the DB", len(result.credential_leaks))
+    table.append(("orders with hostile params", str(result.hostile_params), ""))
+    check("  not refused with a rejected row", len(result.hostile_not_refused))
+    check("  reached the exchange", len(result.hostile_reached_exchange))
     check("exceptions outside BagbotError", len(result.unexpected))
     width = max(len(label) for label, _, _ in table)
     lines.append(f"{'metric'.ljust(width)}  {'value':>7}  pass")
@@ -456,6 +521,11 @@ def format_report(result: SoakResult, config: SoakConfig) -> str:
         details.append(f"exchange orders without a row: {result.orphan_exchange_orders[:5]}")
     details += [f"disagreement: {text}" for text in result.disagreement_examples]
     details += [f"unexpected: {text}" for text in result.unexpected[:5]]
+    details += [f"hostile params not refused: {text}"
+                for text in result.hostile_not_refused[:5]]
+    if result.hostile_reached_exchange:
+        details.append(f"hostile params reached the exchange: "
+                       f"{result.hostile_reached_exchange[:5]}")
     lines += ["", *details] if details else []
     failures = result.failures()
     lines.append("")
@@ -587,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="credentials the fake server and the connector share (e.g. "
                              "canary values to grep for afterwards)")
     parser.add_argument("--api-secret", default=None)
+    parser.add_argument("--hostile-params", type=float, default=DEFAULT_HOSTILE_RATE,
+                        metavar="RATE",
+                        help=f"share of orders carrying params that try to change the order "
+                             f"or plant a client id; all must be refused (default "
+                             f"{DEFAULT_HOSTILE_RATE:g})")
     parser.add_argument("--progress-every", type=int, default=100,
                         help="print progress every N orders (and at least every 5 s)")
     parser.add_argument("--report-json", type=Path, default=None,
@@ -608,6 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.orders < 1 or args.timeout <= 0:
         print("error: --orders must be >= 1 and --timeout > 0", file=sys.stderr)
         return EXIT_USAGE
+    if not 0 <= args.hostile_params <= 1:
+        print("error: --hostile-params must be within 0..1", file=sys.stderr)
+        return EXIT_USAGE
     try:
         import bagbot_binance.testing  # noqa: F401
     except ImportError as exc:
@@ -619,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir, log_file=args.log_file, timeout=args.timeout, rates=rates,
         api_key=args.api_key, api_secret=args.api_secret,
         progress_every=args.progress_every, report_json=args.report_json,
+        hostile_rate=args.hostile_params,
     )
     from bagbot_core.errors import BagbotError
 

@@ -8,7 +8,9 @@ hold the file's write lock across that network call.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -17,9 +19,16 @@ from sqlalchemy.orm import Session
 
 from bagbot_core.db import RELAXED_SYNC
 from bagbot_core.errors import OrderNotFoundError
+from bagbot_core.exchange_state import (
+    Apply,
+    Inconsistent,
+    Merge,
+    RowState,
+    answer_summary,
+    merge_answer,
+)
 from bagbot_core.models import Order, utcnow
-from bagbot_core.money import normalize
-from bagbot_core.orders import ExchangeOrder
+from bagbot_core.orders import ExchangeOrder, OrderType, Side
 from bagbot_core.status import OrderStatus, check_transition
 
 MAX_PAGE = 1000
@@ -54,18 +63,37 @@ def commit(session: Session, *, durable: bool = True) -> None:
         RELAXED_SYNC.reset(token)
 
 
+# NUL (PostgreSQL refuses it in text and JSON) and lone surrogates (what Python makes of
+# bytes that are not UTF-8, e.g. in argv: no driver can encode them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def storable(text: str) -> str:
-    """Free text (exchange messages, error texts) as every database can store it."""
-    return text.replace("\x00", "\ufffd")
+    """Free text (exchange messages, error texts, argv) as every database can store it:
+    NUL and lone surrogates become U+FFFD."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def storable_value(value: Any) -> Any:
+    """``value`` with :func:`storable` applied to every string in it, keys included
+    (the ``details`` JSON: a refused order quotes its hostile input there)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable_value(k): storable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_value(v) for v in value]
+    return value
 
 
 def insert_order(session: Session, **fields: Any) -> Order:
-    """Insert and commit one row.
+    """Insert and commit one row; every text field is made :func:`storable` first.
 
     :raises ClientOrderIdTaken: when ``client_order_id`` already exists (nothing written).
     """
-    if isinstance(fields.get("reason"), str):
-        fields["reason"] = storable(fields["reason"])
+    fields = {k: storable_value(v) for k, v in fields.items()}
     order = Order(**fields)
     session.add(order)
     try:
@@ -80,6 +108,11 @@ def insert_order(session: Session, **fields: Any) -> Order:
 
 def get_order(session: Session, order_id: int) -> Order:
     """:raises OrderNotFoundError: no row with that id."""
+    # An id the column cannot hold (INTEGER is 32 bits on PostgreSQL) is not found, as on
+    # SQLite, rather than a database error.
+    largest = 2**31 - 1 if session.get_bind().dialect.name == "postgresql" else 2**63 - 1
+    if not 1 <= order_id <= largest:
+        raise OrderNotFoundError(f"no order with id {order_id}")
     order = session.get(Order, order_id)
     session.commit()
     if order is None:
@@ -156,40 +189,66 @@ def set_status(
     if reason is not None:
         order.reason = storable(reason)
     if details is not None:
-        order.details = {**(order.details or {}), **details}
+        order.details = {**(order.details or {}), **storable_value(details)}
     order.updated_at = utcnow()
     session.commit()
     return old
 
 
 def apply_exchange_state(
-    session: Session, order: Order, state: ExchangeOrder, *, durable: bool = True
-) -> OrderStatus:
-    """Record what the exchange says about ``order``: status, ids, fills. Commits
-    (see :func:`commit` for ``durable``).
+    session: Session, order: Order, state: ExchangeOrder, *, durable: bool = True,
+    market_buy_tolerance: Decimal = Decimal(0),
+) -> Merge:
+    """Merge what the exchange says about ``order`` into it, as
+    :func:`~bagbot_core.exchange_state.merge_answer` decides, and commit (see :func:`commit`
+    for ``durable``).
 
-    Fills only grow: an answer reporting less filled than already recorded keeps the
-    larger figure (exchanges answer from replicas that may lag).
+    * apply: status, fill and average price of the answer together, ids the row lacks;
+    * stale (an older answer): nothing is written;
+    * inconsistent: a ``pending`` row -- the order was just sent, the exchange may well have
+      it -- becomes ``unknown`` with the reason (reconcile asks again); any other row is left
+      as it is.
 
-    :return: the previous status.
-    :raises IllegalTransitionError: e.g. the exchange reports ``open`` for a ``filled`` row.
+    :return: the decision.
     """
-    old = OrderStatus(order.status)
-    new = check_transition(old, state.status)
-    order.status = new.value
-    if state.external_id and not order.external_id:
-        order.external_id = state.external_id
-    if state.filled_qty is not None and state.filled_qty > (order.filled_qty or 0):
-        order.filled_qty = normalize(state.filled_qty)
-    if state.avg_price is not None:
-        order.avg_price = normalize(state.avg_price)
-    if state.raw_status is not None:
-        order.exchange_status = state.raw_status[:32]
-    if state.reason:
-        order.reason = storable(state.reason)
-    order.updated_at = utcnow()
+    decision = merge_answer(_row_state(order), state, market_buy_tolerance=market_buy_tolerance)
+    if isinstance(decision, Apply):
+        order.status = check_transition(order.status, decision.status).value
+        if decision.external_id and not order.external_id:
+            order.external_id = storable(decision.external_id[:128])
+        order.filled_qty = decision.filled_qty
+        order.avg_price = decision.avg_price
+        if decision.raw_status is not None:
+            order.exchange_status = storable(decision.raw_status[:32])
+        if decision.reason:
+            order.reason = storable(decision.reason)
+        order.updated_at = utcnow()
+    elif isinstance(decision, Inconsistent) and order.status == OrderStatus.PENDING.value:
+        order.status = OrderStatus.UNKNOWN.value
+        order.reason = storable(
+            f"the exchange's answer does not add up ({decision.reason}); the order may be on "
+            "the exchange, reconcile will ask again")
+        order.details = {**(order.details or {}),
+                         "inconsistent_answer": _storable_answer(state)}
+        order.updated_at = utcnow()
     commit(session, durable=durable)
-    return old
+    return decision
+
+
+def _storable_answer(state: ExchangeOrder) -> dict[str, str | None]:
+    """An exchange answer as text a row's ``details`` can hold."""
+    return {k: None if v is None else storable(v[:128]) for k, v in answer_summary(state).items()}
+
+
+def _row_state(order: Order) -> RowState:
+    try:
+        order_type, side = OrderType(order.order_type), Side(order.side)
+    except ValueError:  # not a routable row: no slack for it
+        order_type, side = OrderType.LIMIT, Side.SELL
+    return RowState(
+        status=OrderStatus(order.status), qty=order.qty, filled_qty=order.filled_qty or Decimal(0),
+        avg_price=order.avg_price, order_type=order_type, side=side,
+    )
 
 
 def pending_or_unknown(

@@ -23,6 +23,7 @@ from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
 from bagbot_core.testing.conformance import (
     ConnectorConformance,
     ExchangeHandle,
+    Placement,
     Requirements,
     unsupported,
 )
@@ -112,6 +113,16 @@ class PaperHandle(ExchangeHandle):
 
     async def client_ids_seen(self) -> Sequence[str]:
         return list(self._seen)
+
+    async def placements(self) -> Sequence[Placement]:
+        """The account's orders as paper stored them (an order paper refused is not stored:
+        being refused, it never became an order)."""
+        with self._session() as session:
+            rows = session.scalars(select(PaperOrderRow).where(
+                PaperOrderRow.account == self.account).order_by(PaperOrderRow.id))
+            return [Placement(symbol=row.symbol, side=row.side, type=row.order_type,
+                              amount=row.amount, price=row.price,
+                              client_order_id=row.client_order_id) for row in rows]
 
 
 class TestPaperConformance(ConnectorConformance):

@@ -34,11 +34,13 @@ VARIANTS = textwrap.dedent('''
         Capabilities, ConnectorSpec, check_market_limits)
     from bagbot_core.errors import ExchangeRejectedError
     from bagbot_core.markers import hookimpl
+    from bagbot_core.orders import OrderType
     from bagbot_core.paper.connector import PaperConnector
+    from bagbot_core.params import ParamSpec, declare_params
     from bagbot_core.plugins import PluginRegistry
     from bagbot_core.status import OrderStatus
     from bagbot_core.testing.conformance import (
-        ConnectorConformance, Requirements, unsupported)
+        ConnectorConformance, ExchangeHandle, Requirements, unsupported)
     from decimal import Decimal
     from tests.test_conformance_paper import PaperHandle
 
@@ -116,6 +118,50 @@ VARIANTS = textwrap.dedent('''
         capabilities = Capabilities(cancel=False, fetch_by_client_order_id=False)
 
 
+    class ParamsOverrideAmount(Honest):
+        """Declares a harmless-looking param, then lets it double the amount it places."""
+
+        allowed_params = declare_params(ParamSpec(
+            "timeInForce", choices={"GTC", "IOC"}, order_types={OrderType.LIMIT}))
+
+        async def create_order(self, order, client_order_id):
+            if order.params:
+                order = attrs.evolve(order, amount=order.amount * 2)
+            return await super().create_order(order, client_order_id)
+
+
+    class DeclaresForbiddenParam(Honest):
+        """Declares ``quantity`` as a pass-through param (bypassing declare_params)."""
+
+        allowed_params = {"quantity": ParamSpec("quantity")}
+
+
+    class UndeclaredEndpoints(Honest):
+        """Does not say where its orders go."""
+
+        def endpoints(self):
+            return None
+
+
+    class TakesUrl(Honest):
+        """Takes an exchange URL and declares it: the control for HidesUrl."""
+
+        def __init__(self, settings):
+            config = dict(settings.config)
+            self.api_url = config.pop("api_url")
+            super().__init__(attrs.evolve(settings, config=config))
+
+        def endpoints(self):
+            return (self.api_url,)
+
+
+    class HidesUrl(TakesUrl):
+        """Takes an exchange URL but declares no endpoint at all."""
+
+        def endpoints(self):
+            return ()
+
+
     class Plugin:
         def __init__(self, cls):
             self.cls = cls
@@ -145,6 +191,34 @@ VARIANTS = textwrap.dedent('''
             return [self.canary]
 
 
+    class UrlHandle(VariantHandle):
+        @property
+        def connector_config(self):
+            return {**super().connector_config, "api_url": "http://127.0.0.1:9"}
+
+
+    class SilentHandle(VariantHandle):
+        """A third-party handle written before placements() existed."""
+
+        placements = ExchangeHandle.placements
+
+
+    class OpaqueHandle(SilentHandle):
+        """... that says why it cannot report placements."""
+
+        requirements = attrs.evolve(
+            VariantHandle.requirements,
+            inspect_placements=unsupported("the fake keeps no request log"))
+
+
+    class SilentFake(Honest):
+        """Paper as it is, behind a handle without placements()."""
+
+
+    class OpaqueFake(Honest):
+        """Paper as it is, behind a handle that declares placements unsupported."""
+
+
     def suite_for(cls, handle_cls=VariantHandle):
         class Suite(ConnectorConformance):
             connector_name = "variant"
@@ -169,10 +243,19 @@ VARIANTS = textwrap.dedent('''
     TestNoRounding = suite_for(NoRounding)
     TestLeaksSecret = suite_for(LeaksSecret, LeakyHandle)
     TestNoCancelNoLookup = suite_for(NoCancelNoLookup)
+    TestParamsOverrideAmount = suite_for(ParamsOverrideAmount)
+    TestDeclaresForbiddenParam = suite_for(DeclaresForbiddenParam)
+    TestSilentFake = suite_for(SilentFake, SilentHandle)
+    TestOpaqueFake = suite_for(OpaqueFake, OpaqueHandle)
+    TestUndeclaredEndpoints = suite_for(UndeclaredEndpoints)
+    TestTakesUrl = suite_for(TakesUrl, UrlHandle)
+    TestHidesUrl = suite_for(HidesUrl, UrlHandle)
 ''')
 
 #: Every test of the suite (kept in step with ConnectorConformance on purpose).
 ALL_TESTS = frozenset({
+    "test_declares_where_its_orders_go",
+    "test_testnet_on_a_live_host_is_refused",
     "test_discovered_through_entry_point",
     "test_plugin_import_is_light",
     "test_market_buy_fills_with_exact_amount_and_price",
@@ -191,9 +274,13 @@ ALL_TESTS = frozenset({
     "test_no_secret_leaks",
     "test_connector_is_reused_across_orders",
     "test_markets_are_loaded_once",
+    "test_declared_params_are_well_formed",
+    "test_params_that_change_the_order_are_refused_before_the_exchange",
+    "test_params_never_change_the_order_the_exchange_receives",
 })
 #: What the paper handle declares unsupported (and the in-process registration).
 PAPER_SKIPS = frozenset({
+    "test_testnet_on_a_live_host_is_refused",
     "test_discovered_through_entry_point",
     "test_timeout_after_accept_is_unknown_and_reconciles",
     "test_no_secret_leaks",
@@ -283,6 +370,7 @@ def test_losing_the_client_order_id_fails(pytester: pytest.Pytester) -> None:
         outcomes,
         "test_client_order_id_reaches_the_exchange_and_finds_the_order",
         "test_idempotency_key_never_places_a_second_order",
+        "test_params_never_change_the_order_the_exchange_receives",
     )
 
 
@@ -319,6 +407,70 @@ def test_a_leaked_secret_fails(pytester: pytest.Pytester) -> None:
     outcomes = Outcomes(recorder.getreports("pytest_runtest_logreport"))
     assert list(outcomes.failed) == ["test_no_secret_leaks"]
     assert "leaked into the stdlib logging" in outcomes.failed["test_no_secret_leaks"]
+
+
+def test_not_declaring_where_orders_go_fails(pytester: pytest.Pytester) -> None:
+    outcomes = run_variant(pytester, "UndeclaredEndpoints")
+    expect_failures(outcomes, "test_declares_where_its_orders_go")
+    assert "override Connector.endpoints()" in outcomes.failed[
+        "test_declares_where_its_orders_go"]
+
+
+def test_accepting_a_live_host_as_testnet_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_variants=VARIANTS)
+    recorder = pytester.inline_run(
+        "-p", "no:cacheprovider", "-k",
+        "(TestTakesUrl or TestHidesUrl) and (test_testnet_on_a_live_host_is_refused "
+        "or test_declares_where_its_orders_go)",
+        "test_variants.py")
+    reports = [r for r in recorder.getreports("pytest_runtest_logreport")
+               if r.when == "call" or r.outcome != "passed"]
+    outcomes = {r.nodeid.split("::", 1)[1]: r for r in reports}
+    assert {k: v.outcome for k, v in outcomes.items()} == {
+        "TestTakesUrl::test_declares_where_its_orders_go": "passed",
+        "TestTakesUrl::test_testnet_on_a_live_host_is_refused": "passed",
+        "TestHidesUrl::test_declares_where_its_orders_go": "passed",
+        "TestHidesUrl::test_testnet_on_a_live_host_is_refused": "failed",
+    }
+    assert "accepted testnet=True with api_url on api.example.com" in str(
+        outcomes["TestHidesUrl::test_testnet_on_a_live_host_is_refused"].longrepr)
+
+
+def test_params_that_change_the_placed_order_fail(pytester: pytest.Pytester) -> None:
+    outcomes = run_variant(pytester, "ParamsOverrideAmount")
+    expect_failures(outcomes, "test_params_never_change_the_order_the_exchange_receives")
+
+
+def test_declaring_a_forbidden_param_fails(pytester: pytest.Pytester) -> None:
+    outcomes = run_variant(pytester, "DeclaresForbiddenParam")
+    expect_failures(outcomes, "test_declared_params_are_well_formed")
+    assert "would change the order itself" in outcomes.failed[
+        "test_declared_params_are_well_formed"]
+
+
+def _params_property(pytester: pytest.Pytester, cls: str) -> Outcomes:
+    pytester.makepyfile(test_variants=VARIANTS)
+    recorder = pytester.inline_run(
+        "-p", "no:cacheprovider", "-k",
+        f"Test{cls} and test_params_never_change_the_order_the_exchange_receives",
+        "test_variants.py")
+    return Outcomes(recorder.getreports("pytest_runtest_logreport"))
+
+
+def test_a_handle_without_placements_is_told_to_implement_it(
+    pytester: pytest.Pytester,
+) -> None:
+    outcomes = _params_property(pytester, "SilentFake")
+    (failure,) = outcomes.failed.values()
+    assert "placements() is not implemented" in failure
+    assert "inspect_placements=unsupported" in failure
+
+
+def test_a_handle_declaring_placements_unsupported_gets_the_weaker_check(
+    pytester: pytest.Pytester,
+) -> None:
+    outcomes = _params_property(pytester, "OpaqueFake")
+    assert outcomes.passed == {"test_params_never_change_the_order_the_exchange_receives"}
 
 
 def test_declared_unsupported_capabilities_skip_with_the_reason(

@@ -9,10 +9,14 @@ For every generated call:
   ``MIN_ORDER_QTY <= amount <= MAX_ORDER_QTY``, value <= ``MAX_ORDER_VALUE_USD``, the
   market's step, minimum and minimum cost, finite positive decimals;
 * every call with a valid user id leaves exactly one new row (or, for a repeated
-  idempotency key, none: the first row is the answer), and a call without one leaves none.
+  idempotency key, none: the first row is the answer), and a call without one leaves none;
+* an amount or price written with any non-ASCII character, a ``testnet`` that is not a
+  bool and a malformed connector name are refused (``OrderValidationError``) and nothing
+  reaches the connector.
 
 Payloads mix wrong types, NaN/inf, huge exponents (``1e999999``), negative zero, unicode
-look-alikes, SQL-looking strings, missing and extra keys. The big run (10,000 payloads
+look-alikes and digits of every script, SQL-looking strings, missing and extra keys, and
+``params`` dicts of any shape. The big run (10,000 payloads
 through ``route_order``) is marked ``slow``; a 1,000-payload run is part of the default
 suite.
 """
@@ -43,7 +47,7 @@ from bagbot_core.db import get_engine, session_factory
 from bagbot_core.errors import BagbotError, OrderValidationError
 from bagbot_core.models import Order
 from bagbot_core.orders import OrderType, Side
-from bagbot_core.payload import CLIENT_ORDER_ID_RE, parse_order_payload
+from bagbot_core.payload import CLIENT_ORDER_ID_RE, check_connector_name, parse_order_payload
 from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router, set_router
@@ -79,6 +83,20 @@ SYMBOLS = ["BTC/USDT", "btc/usdt", " BTC/USDT ", "ETH/BTC", "OLD/USDT", "DOGE/US
 SIDES = ["buy", "sell", "BUY", " Sell ", "short", "", "bUy", "\uff42\uff55\uff59", "buy\n"]
 TYPES = ["market", "limit", "LIMIT", " market", "stop", "", "limit_maker"]
 
+#: Digits of other scripts: Arabic-Indic, Devanagari, full-width, mathematical bold...
+foreign_digits = st.characters(categories=("Nd",)).filter(lambda c: not c.isascii())
+#: Numbers with at least one non-ASCII character in them: every one must be refused.
+NON_ASCII_TEXT = ["0\u06601", "\uff11", "\U0001d7ce.\U0001d7d3", "\u0661\u0660", "0.\u0665",
+                  "\u00a01", "1\u00a0", "\u20030.5", "0.5\u3000", "1\u0301", "\u0661e1",
+                  "0\uff0e5"]
+non_ascii_numbers = st.one_of(
+    st.sampled_from(NON_ASCII_TEXT),
+    st.lists(st.one_of(st.sampled_from("0123456789.e-"), foreign_digits), min_size=1,
+             max_size=10).map("".join).filter(lambda t: not t.isascii()),
+    st.tuples(st.sampled_from(PLAUSIBLE_AMOUNTS), st.integers(0, 8),
+              st.characters(min_codepoint=0x80, exclude_categories=("Cs",))).map(
+        lambda t: t[0][:t[1]] + t[2] + t[0][t[1]:]),
+)
 weird = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),
     st.floats(allow_nan=True, allow_infinity=True), st.just(-0.0), st.just(float("nan")),
@@ -89,11 +107,12 @@ weird = st.one_of(
     st.sampled_from(SQLISH), st.just(object()),
 )
 number = st.one_of(
-    st.sampled_from(PLAUSIBLE_AMOUNTS), st.sampled_from(NUMBER_TEXT),
+    st.sampled_from(PLAUSIBLE_AMOUNTS), st.sampled_from(NUMBER_TEXT), non_ascii_numbers,
     st.decimals(min_value=Decimal("0.00001"), max_value=Decimal("12"), places=6).map(str),
     st.floats(min_value=0.00001, max_value=12), st.integers(min_value=-3, max_value=12), weird,
 )
 price = st.one_of(st.sampled_from(PLAUSIBLE_PRICES), st.sampled_from(NUMBER_TEXT),
+                  non_ascii_numbers,
                   st.decimals(min_value=1, max_value=60000, places=3).map(str), weird)
 client_ids = st.one_of(
     st.from_regex(r"[A-Za-z0-9_-]{1,30}", fullmatch=True).map(lambda s: f"f{s}"[:36]),
@@ -102,6 +121,20 @@ client_ids = st.one_of(
     weird,
 )
 
+#: Keys that would change what is sent if passed through, and harmless-looking ones.
+PARAM_KEYS = ["quantity", "quoteOrderQty", "cost", "price", "stopPrice", "symbol", "side",
+              "type", "amount", "newClientOrderId", "clientOrderId", "client_order_id",
+              "order_configuration", "product_id", "timeInForce", "postOnly",
+              "selfTradePreventionMode", "test", "recvWindow", "__class__", ""]
+param_values = st.recursive(
+    st.one_of(weird, non_ascii_numbers, st.sampled_from(["50", "0.001", "IOC", "GTC", "FOK",
+                                                         "ETH/USDT", "sell", "evil1"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=2),
+                            st.dictionaries(st.text(max_size=6), inner, max_size=2)),
+    max_leaves=4,
+)
+params_dicts = st.dictionaries(st.one_of(st.sampled_from(PARAM_KEYS), st.text(max_size=12)),
+                               param_values, max_size=4)
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "symbol": st.one_of(st.sampled_from(SYMBOLS), st.sampled_from(SQLISH), st.text(max_size=30),
                         weird),
@@ -110,7 +143,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "amount": number,
     "price": price,
     "params": st.one_of(st.just({}), st.dictionaries(st.text(max_size=8), st.integers(),
-                                                    max_size=2), weird),
+                                                    max_size=2), params_dicts, weird),
     "client_order_id": client_ids,
 }
 
@@ -142,6 +175,17 @@ def payloads(draw: st.DrawFn) -> Any:
                                st.integers(), st.none()))] = draw(weird)
     return payload
 
+
+ODD_TESTNETS: list[Any] = ["false", "False", "no", "", "true", "0", "1", 0, 1, 0.0, None, [],
+                           {}, Decimal(1), b"", "\u0661"]
+odd_testnets = st.sampled_from(ODD_TESTNETS)
+#: Mostly a real bool; sometimes what a careless caller passes instead.
+testnets = st.integers(0, 9).flatmap(
+    lambda i: st.sampled_from([True] * 19 + [False]) if i < 8 else odd_testnets)
+BAD_CONNECTORS = ["", "a" * 65, "scr\x00ipted", "scripted\n", "pa per", "p\u00e4per", "\u202e",
+                  "scripted;--", "\udcff", 42, None]
+connectors = st.integers(0, 19).flatmap(
+    lambda i: st.just("scripted") if i < 17 else st.sampled_from(["nope", *BAD_CONNECTORS]))
 
 odd_users = st.one_of(
     st.sampled_from(["", "   ", "u" * 128, "u" * 129, "ünïcode-user", *SQLISH]), weird)
@@ -196,6 +240,13 @@ def violations_of(request: Any) -> list[str]:
     return problems
 
 
+def non_ascii_number(payload: object) -> bool:
+    """Is the amount or price text with a non-ASCII character (which must be refused)?"""
+    return isinstance(payload, dict) and any(
+        isinstance(payload.get(key), str) and not payload[key].isascii()
+        for key in ("amount", "price"))
+
+
 def count_rows(db: Session) -> int:
     total = db.scalar(select(func.count()).select_from(Order))
     db.commit()
@@ -238,16 +289,23 @@ class Harness:
         self.sent = 0
 
     def route(self, payload: Any, user: Any, connector: Any = "scripted",
-              testnet: bool = True) -> None:
+              testnet: Any = True) -> None:
         self.calls += 1
-        replay = known_client_id(self.db, payload)
+        # A malformed connector name or testnet is refused (with a row) before the
+        # idempotency key is looked at, like a malformed payload.
+        must_refuse = (not check_connector_name(connector) or not isinstance(testnet, bool)
+                       or non_ascii_number(payload))
+        replay = (check_connector_name(connector) and isinstance(testnet, bool)
+                  and known_client_id(self.db, payload))
         placed_before = len(self.exchange.placed)
+        error: BaseException | None = None
         try:
             order = self.loop.run_until_complete(
                 self.router.route_order(connector, payload, self.db, user, testnet))
             self.outcomes[f"ok {order.status}"] += 1
         except BagbotError as exc:
             self.outcomes[type(exc).__name__] += 1
+            error = exc
         except Exception as exc:  # outside the documented hierarchy
             raise AssertionError(f"{type(exc).__name__}: {exc} for {payload!r}") from exc
         finally:
@@ -257,6 +315,12 @@ class Harness:
         expected = 1 if valid_user(user) and not replay else 0
         assert rows - before == expected, (payload, user, connector, testnet, rows - before)
         new = list(self.exchange.placed.values())[placed_before:]
+        if must_refuse and not replay:
+            assert isinstance(error, OrderValidationError), (payload, connector, testnet, error)
+            assert new == [], (payload, connector, testnet)
+            if valid_user(user):
+                assert error.order is not None and error.order.status == "rejected"
+                assert error.order.testnet is (testnet if isinstance(testnet, bool) else True)
         self.sent += len(new)
         for placed in new:
             assert violations_of(placed.request) == [], (payload, placed.request)
@@ -277,10 +341,8 @@ def harness(db_url: str, log_stream_json: object) -> Iterator[Harness]:
 def _fuzz_route_order(harness: Harness, examples: int) -> None:
     @settings(max_examples=examples, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(payload=payloads(), user=users,
-           connector=st.sampled_from(["scripted"] * 18 + ["nope", ""]),
-           testnet=st.sampled_from([True] * 19 + [False]))
-    def run(payload: Any, user: Any, connector: str, testnet: bool) -> None:
+    @given(payload=payloads(), user=users, connector=connectors, testnet=testnets)
+    def run(payload: Any, user: Any, connector: Any, testnet: Any) -> None:
         harness.route(payload, user, connector, testnet)
 
     run()
@@ -318,12 +380,18 @@ def test_fixed_nasty_payloads(harness: Harness) -> None:
     cases += [{**base, "symbol": s} for s in SYMBOLS + SQLISH]
     cases += [{**base, "side": s} for s in SIDES] + [{**base, "type": t} for t in TYPES]
     cases += [{k: v for k, v in base.items() if k != key} for key in base]
+    cases += [{**base, "amount": text} for text in NON_ASCII_TEXT]
+    cases += [{**base, "type": "limit", "price": text} for text in NON_ASCII_TEXT]
     cases += [{**base, "prcie": "1"}, {**base, None: 1}, {**base, 3: 1},
               {**base, "client_order_id": "x" * 37}, {**base, "params": []},
               {**base, "params": {1: 2}}]
     for payload in cases:
         harness.route(payload, "fuzz")
-    assert harness.calls == len(cases)
+    for testnet in ODD_TESTNETS:
+        harness.route(base, "fuzz", testnet=testnet)
+    for connector in BAD_CONNECTORS:
+        harness.route(base, "fuzz", connector=connector)
+    assert harness.calls == len(cases) + len(ODD_TESTNETS) + len(BAD_CONNECTORS)
 
 
 @pytest.mark.postgres
@@ -378,8 +446,8 @@ def cli_args(draw: st.DrawFn) -> tuple[list[str], str]:
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ScriptedExchange]:
     for name in ("BAGBOT_DATABASE_URL", "BAGBOT_LOG_FILE", "BAGBOT_ALLOW_LIVE",
-                 "BAGBOT_DISABLE_PLUGINS", "MAX_ORDER_QTY", "MAX_ORDER_VALUE_USD",
-                 "MIN_ORDER_QTY"):
+                 "BAGBOT_DISABLE_PLUGINS", "BAGBOT_SKIP_RISK_CHECKS", "MAX_ORDER_QTY",
+                 "MAX_ORDER_VALUE_USD", "MIN_ORDER_QTY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     exchange = ScriptedExchange()

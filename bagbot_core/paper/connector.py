@@ -94,6 +94,7 @@ from bagbot_core.models import utcnow
 from bagbot_core.money import MAX_SCALE, normalize, to_decimal
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote, Side
 from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
+from bagbot_core.params import params_to_send
 from bagbot_core.status import OrderStatus
 
 T = TypeVar("T")
@@ -320,6 +321,10 @@ class PaperConnector(Connector):
         fetch_by_client_order_id=True,
         fills_in_create_response=True,
     )
+
+    def endpoints(self) -> Sequence[str]:
+        """No endpoints: paper trades in bagbot's own database, never on an exchange."""
+        return ()
 
     def __init__(
         self, settings: ConnectorSettings | None = None, *, engine: Engine | None = None
@@ -726,9 +731,13 @@ class PaperConnector(Connector):
         """Place ``order``; see the module docstring for fills, funds and idempotency.
 
         :raises ExchangeRejectedError: unknown or inactive symbol, step/minimum violations,
-            insufficient balance, or a different order under a used client order id.
+            insufficient balance, a different order under a used client order id, or any
+            ``params`` (paper accepts none).
         """
         self._check_client_order_id(client_order_id)
+        # Paper honours no params (allowed_params is empty): an order carrying any is
+        # refused, as the router would, never placed as if they were not there.
+        params_to_send(order, self.allowed_params, connector=self.name or "paper")
         try:
             return self._run(
                 lambda session: self._create_in(session, order, client_order_id),

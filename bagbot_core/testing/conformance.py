@@ -49,10 +49,13 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -62,11 +65,14 @@ from bagbot_core.db import dispose_engines, get_engine, session_factory, sync_ur
 from bagbot_core.errors import (
     ExchangeOrderNotFoundError,
     ExchangeRejectedError,
+    LiveTradingNotAllowedError,
     OrderStatusUnknownError,
+    OrderValidationError,
     RiskCheckError,
 )
 from bagbot_core.models import Order
 from bagbot_core.orders import Market, Side
+from bagbot_core.params import ParamKind, ParamSpec, is_forbidden
 from bagbot_core.plugins import ENTRY_POINT_GROUP, PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
@@ -77,8 +83,10 @@ __all__ = [
     "ConnectorConformance",
     "ExchangeHandle",
     "Harness",
+    "Placement",
     "Requirements",
     "Support",
+    "params_dicts",
     "unsupported",
 ]
 
@@ -138,6 +146,9 @@ class Requirements:
         lists canary values the fake accepts.
     :ivar entry_point: the connector is installed through a ``bagbot`` entry point (built-in
         connectors of bagbot-core are skipped automatically).
+    :ivar inspect_placements: :meth:`ExchangeHandle.placements` reports what arrived. When
+        closed, the params property test falls back to a weaker check (a refused order's
+        client order id never reached the exchange).
     """
 
     market_orders: Support = SUPPORTED
@@ -152,10 +163,31 @@ class Requirements:
     count_market_requests: Support = SUPPORTED
     credentials: Support = SUPPORTED
     entry_point: Support = SUPPORTED
+    inspect_placements: Support = SUPPORTED
 
 
 #: Requirements fields that the connector's :class:`Capabilities` also declares.
 CAPABILITY_FIELDS = tuple(a.name for a in attrs.fields(Capabilities))
+
+
+@attrs.frozen
+class Placement:
+    """One order placement as the exchange understood it: what arrived, not what was meant.
+
+    ``symbol`` is the unified ``BASE/QUOTE``; ``side`` and ``type`` are lower case, ``type``
+    in the exchange's own words for anything but ``market``/``limit`` (``limit_maker``,
+    ``stop_loss_limit``...). ``amount`` is the base size, ``quote_amount`` a size given in
+    quote currency instead, ``stop_price`` a trigger price; ``None`` when absent.
+    """
+
+    symbol: str
+    side: str
+    type: str
+    amount: Decimal | None
+    price: Decimal | None
+    client_order_id: str | None
+    quote_amount: Decimal | None = None
+    stop_price: Decimal | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,6 +307,15 @@ class ExchangeHandle(abc.ABC):
         Needs ``requirements.count_market_requests``."""
         raise NotImplementedError
 
+    async def placements(self) -> Sequence[Placement]:
+        """Every order placement that arrived at the exchange, accepted or refused, in
+        arrival order, read as the exchange reads it (see :class:`Placement`).
+
+        The params property test compares each with its row. Implement it, or close
+        ``requirements.inspect_placements`` with the reason; until then that test fails.
+        """
+        raise NotImplementedError
+
     def logs(self) -> str:
         """Text the connector wrote where the suite cannot see it (its own log file).
 
@@ -366,8 +407,95 @@ def _routed_url(session: Session) -> str:
     return sync_url(session.get_bind().engine.url.render_as_string(hide_password=False))
 
 
+#: A host that is neither a sandbox nor loopback (nothing is ever sent to it).
+_LIVE_TEST_HOST = "api.example.com"
+
+
+def _on_live_host(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``config`` with the host of every http(s) URL value replaced by a live-looking one,
+    and the keys that were changed."""
+    moved: list[str] = []
+    result = dict(config)
+    for key, value in config.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            continue
+        if parts.scheme in ("http", "https") and parts.netloc:
+            result[key] = parts._replace(netloc=_LIVE_TEST_HOST).geturl()
+            moved.append(str(key))
+    return result, moved
+
+
 def _describe_chain(error: BaseException) -> str:
     return "".join(traceback.format_exception(error)) + repr(error)
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile params
+# ---------------------------------------------------------------------------------------
+
+#: Param names a hostile or careless caller tries: the order's own fields as bagbot, ccxt
+#: and the exchanges spell them, near-misses of declarable names, and odd text.
+HOSTILE_PARAM_KEYS = (
+    "quantity", "Quantity", "QUANTITY", "quoteOrderQty", "cost", "amount", "price",
+    "Price", "stopPrice", "triggerPrice", "stop_price", "newClientOrderId", "clientOrderId",
+    "client_order_id", "origClientOrderId", "symbol", "side", "type", "product_id",
+    "order_configuration", "base_size", "quote_size", "limit_price", "test", "preview",
+    "newOrderRespType", "priceMatch", "reduceOnly", "leverage", "params", "timeinforce",
+    "TimeInForce", "time_in_force", "post_only", "postonly", "selfTradePrevention",
+    "\uff51\uff55\uff41\uff4e\uff54\uff49\uff54\uff59", "quantity\x00", " quantity", "",
+    "\x1b[31mprice", "x" * 200,
+)
+#: Values that would hurt if they were passed on: sizes, prices, symbols, ids, near-misses.
+HOSTILE_PARAM_VALUES = (
+    "50", "900000", "60000", "0.000001", "-1", "0", "1e9", "NaN", "Infinity", "BTCUSDT",
+    "ETH/USDT", "ETH-USD", "SELL", "sell", "MARKET", "evil1", "gtc", "GTC ", "IOC\x00",
+    "\x1b[31m", "'; DROP TABLE orders; --", "\u0660\u0661", "true", "false", "",
+    {"market_market_ioc": {"quote_size": "100000"}}, {"quantity": "50"}, ["GTC"],
+)
+
+
+def _any_value() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(), st.decimals(),
+        st.text(max_size=12), st.sampled_from(HOSTILE_PARAM_VALUES),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+    )
+
+
+def _valid_value(spec: ParamSpec) -> st.SearchStrategy[Any]:
+    if spec.kind is ParamKind.BOOL:
+        return st.booleans()
+    if spec.kind is ParamKind.DECIMAL:
+        return st.decimals(min_value=Decimal("0.01"), max_value=Decimal(1000), places=2).map(str)
+    if spec.choices:
+        return st.sampled_from(sorted(spec.choices))
+    return st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+
+
+@st.composite
+def params_dicts(draw: st.DrawFn, allowed: Mapping[str, ParamSpec]) -> dict[str, Any]:
+    """Arbitrary ``params`` for an order on a connector declaring ``allowed``: empty, declared
+    names with valid or hostile values, the order's own fields under many spellings, and
+    random text keys with values of every JSON type, Decimals and hostile strings."""
+    shape = draw(st.sampled_from(["empty", "declared", "declared", "mixed", "mixed"]))
+    if shape == "empty" or (shape == "declared" and not allowed):
+        return {}
+    if shape == "declared":  # declared names with valid values: these may be sent
+        names = draw(st.lists(st.sampled_from(sorted(allowed)), min_size=1, unique=True))
+        return {name: draw(_valid_value(allowed[name])) for name in names}
+    hostile = st.one_of(st.sampled_from(HOSTILE_PARAM_KEYS), st.text(max_size=16))
+    keys = st.one_of(st.sampled_from(sorted(allowed)), hostile) if allowed else hostile
+    params: dict[str, Any] = {}
+    for key in draw(st.lists(keys, min_size=1, max_size=3, unique=True)):
+        spec = allowed.get(key)
+        values = _any_value() if spec is None else st.one_of(_valid_value(spec), _any_value())
+        params[key] = draw(values)
+    return params
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,6 +596,52 @@ class ConnectorConformance:
         return await harness.within(harness.connector.fetch_order(
             order.symbol, external_id=order.external_id,
             client_order_id=order.client_order_id))
+
+    # -- where orders go: the live-host rule --------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_declares_where_its_orders_go(self, harness: Harness) -> None:
+        """The connector declares its order endpoints, and pointed at the fake it is a testnet.
+
+        Without the declaration bagbot cannot tell a sandbox from production and must trust
+        ``testnet=True`` blindly (see ``bagbot_core.endpoints``).
+        """
+        urls = harness.connector.endpoints()
+        assert urls is not None, (
+            f"{harness.name} does not declare where its orders go: override "
+            "Connector.endpoints() to return the base URL(s) orders are placed, read and "
+            "canceled at, as configured (() for an in-process exchange), and set "
+            "Connector.sandbox_hosts to the exchange's documented sandbox host(s)")
+        assert harness.connector.live is False, (
+            f"{harness.name} pointed at the fake declares endpoints {list(urls)!r}: none may "
+            "be live, the fake must run on a loopback address")
+
+    @pytest.mark.asyncio
+    async def test_testnet_on_a_live_host_is_refused(self, handle: ExchangeHandle) -> None:
+        """``testnet=True`` with the config's URLs moved to a production-like host is refused
+        before the connector can send anything -- even with the live opt-in.
+
+        Nothing is routed: if the connector accepted the host, the test fails without
+        letting it talk to the network.
+        """
+        name = self._name()
+        config, moved = _on_live_host(handle.connector_config)
+        if not moved:
+            pytest.skip(f"{name}'s config has no http(s) URL to point at a live host")
+        router = Router(self.make_registry(), limits=self.risk_limits(),
+                        connector_config={name: config}, allow_live=True)
+        try:
+            await asyncio.wait_for(router.get_connector(name, testnet=True),
+                                   self.operation_timeout)
+        except LiveTradingNotAllowedError:
+            pass
+        else:
+            pytest.fail(
+                f"{name} accepted testnet=True with {', '.join(moved)} on "
+                f"{_LIVE_TEST_HOST}: declare the configured URL in Connector.endpoints() and "
+                "the exchange's sandbox in Connector.sandbox_hosts")
+        finally:
+            await router.aclose()
 
     # -- discovery and import cost ------------------------------------------------------
 
@@ -871,3 +1045,132 @@ class ConnectorConformance:
         if caps.market_orders and h.requirements.market_orders:
             return _payload(h.symbol, "buy", "market", size)
         pytest.skip(f"{harness.name} supports neither market nor limit orders")
+
+    # -- params: only what the connector declares, never the order itself ---------------
+
+    @pytest.mark.asyncio
+    async def test_declared_params_are_well_formed(self, harness: Harness) -> None:
+        """``allowed_params`` maps each name to its :class:`ParamSpec`, and declares nothing
+        that would change the order itself (the router would refuse it anyway)."""
+        for name, spec in harness.connector.allowed_params.items():
+            assert isinstance(spec, ParamSpec), f"allowed_params[{name!r}] is not a ParamSpec"
+            assert spec.name == name, f"allowed_params[{name!r}] is named {spec.name!r}"
+            assert not is_forbidden(name), (
+                f"{name!r} would change the order itself; it cannot be a pass-through param")
+
+    @pytest.mark.asyncio
+    async def test_params_that_change_the_order_are_refused_before_the_exchange(
+        self, harness: Harness
+    ) -> None:
+        """Params naming the amount, cost, price, symbol, side, type or client order id (as
+        bagbot, ccxt or an exchange spells them), or nothing declared: refused with one
+        ``rejected`` row each; nothing reaches the exchange."""
+        h = harness.handle
+        base = await self._any_order(harness)
+        evil = "evil" + uuid.uuid4().hex[:12]
+        attacks: list[dict[str, Any]] = [
+            {"quantity": "50"}, {"quoteOrderQty": "900000"}, {"cost": "900000"},
+            {"price": "60000"}, {"newClientOrderId": evil}, {"clientOrderId": evil},
+            {"client_order_id": evil}, {"symbol": "ETH/USDT"}, {"side": "sell"},
+            {"type": "market"}, {"product_id": "ETH-USD"}, {"stopPrice": "1"},
+            {"order_configuration": {"market_market_ioc": {"quote_size": "100000"}}},
+            {"undeclared" + uuid.uuid4().hex[:8]: True},
+        ]
+        before = list(await h.client_ids_seen())
+        for number, params in enumerate(attacks, start=1):
+            order = await harness.route_fails({**base, "params": params},
+                                              OrderValidationError)
+            assert order.status == OrderStatus.REJECTED
+            assert "params" in (order.reason or ""), order.reason
+            assert harness.row_count() == number
+        assert list(await h.client_ids_seen()) == before, "a placement reached the exchange"
+        assert await h.orders_for_client_id(evil) == 0
+
+    @pytest.mark.asyncio
+    # One fake (the harness) serves every example; each suite subclass is an executor of
+    # the same test, which keeps no state on ``self``.
+    @settings(max_examples=30, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow, HealthCheck.differing_executors])
+    @given(data=st.data())
+    async def test_params_never_change_the_order_the_exchange_receives(
+        self, harness: Harness, data: st.DataObject
+    ) -> None:
+        """For arbitrary ``params``: either the order is refused (OrderValidationError, one
+        ``rejected`` row) and the exchange saw nothing, or the exchange received exactly the
+        row's symbol, side, type, amount, price and client order id. Undeclared and
+        forbidden keys are always refused."""
+        h = harness.handle
+        allowed = harness.connector.allowed_params
+        params = data.draw(params_dicts(allowed), label="params")
+        inspect = await self._can_inspect_placements(harness)
+        payload = {**(await self._any_order(harness)), "params": params}
+        rows = harness.row_count()
+        seen = list(await h.client_ids_seen())
+        placed = list(await h.placements()) if inspect else []
+        refused = exchange_said_no = False
+        try:
+            order = await harness.route(payload)
+        except OrderValidationError as error:
+            harness.errors.append(error)
+            refused, order = True, error.order
+        except ExchangeRejectedError as error:  # the exchange's own "no" (funds, post-only)
+            harness.errors.append(error)
+            exchange_said_no, order = True, error.order
+        assert isinstance(order, Order), "the call left no row"
+        assert harness.row_count() == rows + 1, "a call must leave exactly one row"
+        bad = [k for k in params if k not in allowed or is_forbidden(k)]
+        assert refused or not bad, f"params {bad!r} are not declared but were not refused"
+        arrived = list(await h.client_ids_seen())[len(seen):]
+        new = list(await h.placements())[len(placed):] if inspect else []
+        event("refused before sending" if refused else f"sent: {order.status}")
+        if refused:
+            assert order.status == OrderStatus.REJECTED
+            assert arrived == [], f"a refused order reached the exchange as {arrived}"
+            assert new == [], f"a refused order reached the exchange: {new}"
+            return
+        expected = [] if exchange_said_no else [order.client_order_id]
+        assert arrived in (expected, [order.client_order_id]), (
+            f"the exchange saw {arrived}, expected only {order.client_order_id}")
+        if inspect:
+            # A refusing exchange may not keep what it refused; anything kept must match.
+            assert len(new) in ((0, 1) if exchange_said_no else (1,)), (
+                f"one order, {len(new)} placements: {new}")
+            for placement in new:
+                self._assert_placement_is_the_row(placement, order)
+        await self._cancel_if_resting(harness, order)
+
+    # -- params helpers -----------------------------------------------------------------
+
+    async def _can_inspect_placements(self, harness: Harness) -> bool:
+        support = harness.handle.requirements.inspect_placements
+        if not support:
+            return False
+        try:
+            await harness.handle.placements()
+        except NotImplementedError:
+            pytest.fail(f"{type(harness.handle).__name__}.placements() is not implemented: "
+                        "implement it (what arrived at the exchange) or declare "
+                        "Requirements(inspect_placements=unsupported('why'))")
+        return True
+
+    @staticmethod
+    def _assert_placement_is_the_row(placed: Placement, order: Order) -> None:
+        expected = (order.symbol, order.side, order.order_type, order.client_order_id)
+        got = (placed.symbol, placed.side, placed.type, placed.client_order_id)
+        assert got == expected, f"the exchange received {got}, the row says {expected}"
+        quote_sized = (placed.amount is None and placed.quote_amount is not None
+                       and order.order_type == "market" and order.side == "buy")
+        if not quote_sized:
+            assert placed.amount == order.qty, (
+                f"the exchange received amount {placed.amount}, the row says {order.qty}")
+            assert placed.quote_amount is None, f"a quote size arrived: {placed}"
+        assert placed.price == order.price, (
+            f"the exchange received price {placed.price}, the row says {order.price}")
+        assert placed.stop_price is None, f"a trigger price arrived: {placed}"
+
+    async def _cancel_if_resting(self, harness: Harness, order: Order) -> None:
+        """Free what a resting order holds, so many examples fit the account."""
+        caps, req = harness.connector.capabilities, harness.handle.requirements
+        if order.status == OrderStatus.OPEN and caps.cancel and req.cancel:
+            await harness.cancel(order)

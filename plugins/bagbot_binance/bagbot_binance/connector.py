@@ -22,7 +22,10 @@ key                  environment                      meaning
 
 Testnet (``ConnectorSettings.testnet=True``, the default) calls ccxt's
 ``set_sandbox_mode(True)`` before any URL override; live trading is used only when
-``testnet`` is False, which the router allows only with the environment opt-in.
+``testnet`` is False, which the router allows only with the environment opt-in. An
+``api_url`` on any host but ``testnet.binance.vision`` or a loopback address is live too
+(:mod:`bagbot_core.endpoints`): with ``testnet=True`` the connector is refused before
+anything is built or sent.
 
 Spot only: markets load with ``fetchMarkets.types = ["spot"]`` and without currencies or
 margin data -- one ``GET /api/v3/exchangeInfo``. Quotes come from
@@ -56,19 +59,22 @@ from bagbot_core.connector import (
     config_secret,
     http_base_url,
 )
+from bagbot_core.endpoints import endpoint_is_live
 from bagbot_core.errors import BagbotError, ConfigurationError, ExchangeRejectedError
-from bagbot_core.orders import ExchangeOrder, Quote
+from bagbot_core.orders import ExchangeOrder, OrderType, Quote
+from bagbot_core.params import ParamSpec, declare_params
 from bagbot_core.secrets import Secret
 from bagbot_core.status import OrderStatus
 
-__all__ = ["BinanceConnector", "map_status"]
+__all__ = ["PARAMS", "BinanceConnector", "map_status"]
 
 ENV_API_KEY = "BAGBOT_BINANCE_API_KEY"
 ENV_API_SECRET = "BAGBOT_BINANCE_API_SECRET"  # noqa: S105 - a variable name, not a secret
 ENV_API_URL = "BAGBOT_BINANCE_API_URL"
 
 PRODUCTION_URL = "https://api.binance.com"
-TESTNET_URL = "https://testnet.binance.vision"
+TESTNET_HOST = "testnet.binance.vision"
+TESTNET_URL = f"https://{TESTNET_HOST}"
 
 #: Binance order status -> bagbot status (before the partial-fill adjustments).
 STATUS_MAP: Mapping[str, OrderStatus] = {
@@ -87,6 +93,19 @@ STATUS_MAP: Mapping[str, OrderStatus] = {
 #: ``DDoSProtection`` in ccxt once a private call succeeded on the instance (Binance also
 #: sends it during temporary bans); either way the request was refused, nothing was placed.
 _REJECT_CODES = frozenset({-2015, -2014, -1022})
+
+#: The pass-through params a Binance order takes (``order_payload["params"]``); anything
+#: else is refused before sending. ``NONE`` (no self-trade prevention) and ``TRANSFER``
+#: (moves the match between accounts) are left out on purpose.
+PARAMS = declare_params(
+    ParamSpec("timeInForce", choices={"GTC", "IOC", "FOK"}, order_types={OrderType.LIMIT},
+              description="GTC (default): rest until canceled; IOC: fill what crosses now, "
+                          "expire the rest; FOK: fill completely now or expire"),
+    ParamSpec("selfTradePreventionMode",
+              choices={"EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH", "DECREMENT"},
+              description="what Binance expires when the order would trade with this "
+                          "account's own order (default EXPIRE_MAKER)"),
+)
 
 
 def map_status(raw_status: str | None, filled: Decimal) -> OrderStatus:
@@ -119,9 +138,14 @@ class BinanceConnector(CcxtConnector):
         fetch_by_client_order_id=True,
         fills_in_create_response=True,
     )
+    allowed_params = PARAMS
+
+    #: Binance's spot testnet; every other host but a loopback address is live.
+    sandbox_hosts = frozenset({TESTNET_HOST})
 
     def __init__(self, settings: ConnectorSettings) -> None:
         super().__init__(settings)
+        self.allow_live = settings.allow_live
         config = settings.config
         api_key = config_secret(config, "api_key", ENV_API_KEY)
         api_secret = config_secret(config, "api_secret", ENV_API_SECRET)
@@ -150,8 +174,12 @@ class BinanceConnector(CcxtConnector):
         """Where requests go: ``api_url`` or the official host for the mode."""
         return self.api_url or (TESTNET_URL if self.testnet else PRODUCTION_URL)
 
+    def endpoints(self) -> Sequence[str]:
+        """Every request, orders included, goes to :attr:`base_url`."""
+        return (self.base_url,)
+
     def __repr__(self) -> str:
-        mode = "testnet" if self.testnet else "live"
+        mode = "live" if endpoint_is_live(self.base_url, self.sandbox_hosts) else "testnet"
         return f"<BinanceConnector {mode} {self.base_url}>"
 
     # -- CcxtConnector hooks -----------------------------------------------------------
@@ -182,6 +210,15 @@ class BinanceConnector(CcxtConnector):
                 for key, value in exchange.urls["api"].items()
                 if isinstance(value, str)
             }
+        for key in ("public", "private"):
+            # The host the live-host rule checked (endpoints()) must be where ccxt sends
+            # spot requests, orders included -- whatever a ccxt release does to its URLs.
+            url = exchange.urls["api"].get(key)
+            if not isinstance(url, str) or not url.startswith(self.base_url + "/"):
+                raise ConfigurationError(
+                    f"binance: ccxt's {key} spot API is not under {self.base_url}; nothing "
+                    "was sent"
+                )
         if self.base_url != PRODUCTION_URL:
             # ccxt picks Binance's spot error table by matching the production/testnet URL;
             # elsewhere spot-only codes would fall through to a plain ExchangeError.
@@ -191,7 +228,9 @@ class BinanceConnector(CcxtConnector):
                     exchange.exceptions[kind].update(table)
 
     def create_params(self, order: Any, client_order_id: str) -> dict[str, Any]:
-        return {"clientOrderId": client_order_id}  # ccxt sends it as newClientOrderId
+        # ccxt reads newClientOrderId before clientOrderId: bagbot's id goes under the name
+        # ccxt prefers, so it wins over anything a params dict could still carry.
+        return {"newClientOrderId": client_order_id}
 
     def lookup_params(self, client_order_id: str) -> dict[str, Any]:
         return {"clientOrderId": client_order_id}  # ccxt sends it as origClientOrderId

@@ -86,6 +86,12 @@ ERRORS: dict[str, tuple[int, str, int]] = {
     "order_type": (-1116, "Invalid orderType.", 400),
 }
 
+#: Self-trade prevention modes every fake symbol allows (Binance's documented values but
+#: TRANSFER); a new order naming another is refused like Binance refuses a bad enum.
+STP_MODES = ("NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH", "DECREMENT")
+#: Binance's timeInForce values for spot LIMIT orders.
+TIME_IN_FORCE = ("GTC", "IOC", "FOK")
+
 _STATUS = {
     "filled": "FILLED",
     "canceled": "CANCELED",
@@ -134,6 +140,8 @@ class FakeBinanceServer(FakeExchangeServer):
 
     ``status_overrides`` maps an order id to a raw status to report instead of the book's
     (``PENDING_CANCEL``, ``EXPIRED_IN_MATCH``, ``REJECTED`` ...), to test status mapping.
+    :meth:`patch_answers` rewrites the next order answers (fields that do not add up, or an
+    older answer replayed as a lagging replica would send it).
     """
 
     def __init__(
@@ -150,6 +158,7 @@ class FakeBinanceServer(FakeExchangeServer):
         self.cancel_ids: dict[int, str] = {}
         #: Added to the server's clock, to simulate a client whose clock drifted.
         self.clock_offset_ms = 0
+        self._answer_patches: list[dict[str, Any]] = []
 
     # -- fault helpers in Binance's words ----------------------------------------------
 
@@ -159,6 +168,18 @@ class FakeBinanceServer(FakeExchangeServer):
         code, msg, status = ERRORS[name]
         self.fail_http(status, f'{{"code":{code},"msg":"{msg}"}}', method=method, path=path,
                        times=times)
+
+    def patch_answers(self, *patches: Mapping[str, Any]) -> None:
+        """Overlay one patch on each of the next order answers (``POST``/``GET``/``DELETE
+        /api/v3/order``), in order; a ``None`` value drops the field. The book is unchanged:
+        only what the client hears differs."""
+        self._answer_patches.extend(dict(p) for p in patches)
+
+    def _patched(self, answer: dict[str, Any]) -> dict[str, Any]:
+        if not self._answer_patches:
+            return answer
+        patched = {**answer, **self._answer_patches.pop(0)}
+        return {k: v for k, v in patched.items() if v is not None}
 
     def rate_limit_body(self, status: int) -> str:
         if status == 418:
@@ -298,7 +319,7 @@ class FakeBinanceServer(FakeExchangeServer):
             "permissions": [],
             "permissionSets": [["SPOT", "MARGIN"]],
             "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
-            "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+            "allowedSelfTradePreventionModes": list(STP_MODES),
         }
 
     def _markets_for(self, request: web.Request) -> list[FakeMarket] | web.Response:
@@ -383,7 +404,8 @@ class FakeBinanceServer(FakeExchangeServer):
         except _ParamError as bad:
             return self._param_error(bad.code, bad.msg)
         kind = params.get("newOrderRespType", "FULL")
-        return web.json_response(self.order_json(order, created=True, resp_type=kind))
+        return web.json_response(
+            self._patched(self.order_json(order, created=True, resp_type=kind)))
 
     def _place(self, params: Mapping[str, str]) -> FakeOrder:
         symbol = _require(params, "symbol")
@@ -400,6 +422,14 @@ class FakeBinanceServer(FakeExchangeServer):
         quote_qty = _decimal(params, "quoteOrderQty")
         price = _decimal(params, "price")
         tif = params.get("timeInForce")
+        if tif is not None and tif not in TIME_IN_FORCE:
+            raise _ParamError(-1100, "Illegal characters found in parameter 'timeInForce'; "
+                                     f"legal range is '{'|'.join(TIME_IN_FORCE)}'.")
+        stp = params.get("selfTradePreventionMode")
+        if stp is not None and stp not in STP_MODES:
+            raise _ParamError(-1100, "Illegal characters found in parameter "
+                                     "'selfTradePreventionMode'; legal range is "
+                                     f"'{'|'.join(STP_MODES)}'.")
         if type_ == "LIMIT":
             if tif is None:
                 raise _ParamError(-1102, "Mandatory parameter 'timeInForce' was not sent, "
@@ -486,7 +516,7 @@ class FakeBinanceServer(FakeExchangeServer):
             return self.error("no_such_order")
         if order.symbol != params["symbol"]:
             return self.error("no_such_order")
-        return web.json_response(self.order_json(order))
+        return web.json_response(self._patched(self.order_json(order)))
 
     def cancel_order(self, params: dict[str, str]) -> web.Response:
         if params.get("symbol") not in self.book.markets:
@@ -517,7 +547,7 @@ class FakeBinanceServer(FakeExchangeServer):
             **{k: v for k, v in answer.items() if k not in ("orderId", "orderListId",
                                                              "clientOrderId")},
         }
-        return web.json_response(answer)
+        return web.json_response(self._patched(answer))
 
     # -- JSON shapes -------------------------------------------------------------------
 

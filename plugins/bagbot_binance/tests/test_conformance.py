@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,7 +17,7 @@ import pytest
 from bagbot_binance.testing import FakeBinanceServer, start_fake_binance
 
 from bagbot_core.orders import Side
-from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle
+from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle, Placement
 
 ORDER_PATH = "/api/v3/order"
 
@@ -84,6 +84,35 @@ class BinanceHandle(ExchangeHandle):
 
     async def market_requests(self) -> int:
         return len(self.server.requests_to("/api/v3/exchangeInfo", "GET"))
+
+    async def placements(self) -> Sequence[Placement]:
+        """Each ``POST /api/v3/order`` as Binance reads its form fields."""
+        markets = self.server.book.markets
+        found = []
+        for request in self.server.requests_to(ORDER_PATH, "POST"):
+            fields = dict(parse_qsl(request.query + "&" + request.body))
+            market = markets.get(fields.get("symbol", ""))
+            found.append(Placement(
+                symbol=f"{market.base}/{market.quote}" if market else fields.get("symbol", ""),
+                side=fields.get("side", "").lower(),
+                type=fields.get("type", "").lower(),
+                amount=_number(fields.get("quantity")),
+                price=_number(fields.get("price")),
+                client_order_id=fields.get("newClientOrderId"),
+                quote_amount=_number(fields.get("quoteOrderQty")),
+                stop_price=_number(fields.get("stopPrice")),
+            ))
+        return found
+
+
+def _number(text: str | None) -> Decimal | None:
+    """A form field as Binance reads a number; NaN (equal to nothing) when unreadable."""
+    if text is None:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return Decimal("NaN")
 
 
 class TestBinanceConformance(ConnectorConformance):

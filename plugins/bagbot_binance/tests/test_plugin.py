@@ -121,7 +121,7 @@ async def test_testnet_is_the_default_and_uses_ccxt_sandbox_urls() -> None:
 
 async def test_live_uses_the_production_host_only_when_testnet_is_false() -> None:
     conn = BinanceConnector(ConnectorSettings(
-        testnet=False, config={"api_key": "k", "api_secret": "s"}))
+        testnet=False, allow_live=True, config={"api_key": "k", "api_secret": "s"}))
     try:
         ex = conn.exchange
         assert conn.base_url == PRODUCTION_URL

@@ -3,6 +3,7 @@ canary-credential check, and proof that the soak's own checks catch what they cl
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import subprocess
@@ -65,6 +66,14 @@ def _check_report(code: int, output: str, report: dict[str, object], orders: int
     assert report["reconcile_changed"] > 0  # type: ignore[operator]
     assert report["retry_windows"] > 0  # type: ignore[operator]
     assert "soak: routed" in output  # progress lines
+    # Orders with hostile params were in the mix; each was refused and none was sent.
+    assert report["hostile_params"] > 0  # type: ignore[operator]
+    hostile = report["hostile_orders"]
+    assert isinstance(hostile, list) and len(hostile) == report["hostile_params"]
+    assert all(cid for cid, _ in hostile), "a hostile call left no row"
+    assert any(planted for _, planted in hostile), "no client id was planted"
+    assert report["hostile_not_refused"] == report["hostile_reached_exchange"] == []
+    assert "orders with hostile params" in output
 
 
 def test_soak_200_orders_with_canary_credentials(
@@ -169,6 +178,50 @@ def test_evaluate_catches_every_kind_of_failure() -> None:
     assert result.credential_leaks == ["audit log"]
     assert not result.passed and len(result.failures()) == 5
     assert "RESULT: FAIL" in soak.format_report(result, soak.SoakConfig())
+
+
+def test_the_soak_sees_hostile_params_that_reach_the_exchange() -> None:
+    """A hostile order whose row id or planted id got to the server is a failure."""
+    server = FakeBinanceServer(default_book())
+    server.book.place("BTCUSDT", "buy", "market", Decimal("0.5"), client_order_id="evil1")
+    server.requests.append(LoggedRequest(
+        "POST", "/api/v3/order", "", "symbol=BTCUSDT&newClientOrderId=bbrow2", 0.0))
+    result = soak.SoakResult(attempted=3, hostile_params=3, hostile_orders=[
+        ("bbrow1", "evil1"), ("bbrow2", None), ("bbrow3", "evil3")])
+    rows = [_row("bbrow1", "rejected"), _row("bbrow2", "rejected"), _row("bbrow3", "rejected")]
+    soak.evaluate(server, rows, result)
+    assert result.hostile_reached_exchange == ["bbrow2", "evil1"]
+    assert not result.passed
+    assert any("hostile params reached the exchange" in f for f in result.failures())
+
+
+async def test_a_hostile_order_the_router_lets_through_is_a_failure(tmp_path: Path) -> None:
+    """The routing loop records a hostile order that was not refused (here: its params
+    are stripped on the way, so it is placed) -- the check does not only trust the router."""
+    from bagbot_core.db import get_engine, session_factory
+    from bagbot_core.router import Router
+
+    class Stripping(Router):
+        async def route_order(self, connector_name, order_payload, db, user_id,  # type: ignore[override]
+                              testnet=True):
+            clean = {k: v for k, v in order_payload.items() if k != "params"}
+            return await super().route_order(connector_name, clean, db, user_id, testnet)
+
+    server = FakeBinanceServer(default_book())
+    async with server:
+        plain = soak._make_router(server, soak.SoakConfig(), 1.0)
+        router = Stripping(plain.registry, limits=plain.limits, allow_live=False,
+                           connector_config=plain.connector_config)
+        config = soak.SoakConfig(orders=4, hostile_rate=1.0, rates={})
+        result = soak.SoakResult()
+        with session_factory(get_engine(f"sqlite:///{tmp_path}/s.db"))() as db:
+            try:
+                await soak._route_all(router, server, db, "u", config, result, io.StringIO())
+            finally:
+                await router.aclose()
+                await plain.aclose()
+    assert result.hostile_params == 4
+    assert len(result.hostile_not_refused) == 4 and not result.passed
 
 
 def test_evaluate_passes_a_consistent_state() -> None:

@@ -39,7 +39,10 @@ Where requests go -- three modes, and a guard that refuses anything else before 
 * **live** (``testnet=False``, only through the router's live opt-in). Everything goes to
   ``https://api.coinbase.com/api/v3/brokerage/``, signed.
 * **custom** (``api_url`` set, either mode). Everything goes to ``api_url``, signed: the fake
-  server of :mod:`bagbot_coinbase.testing`, or a proxy.
+  server of :mod:`bagbot_coinbase.testing`, or a proxy. Unless its host is a loopback address
+  (or the sandbox), that is live trading (:mod:`bagbot_core.endpoints`): it needs
+  ``testnet=False`` and the live opt-in, and with ``testnet=True`` the connector is refused
+  before anything is built or sent.
 
 Credentials: CDP API keys with the **ECDSA** signature algorithm -- ccxt signs an ES256 JWT
 per request (``kid`` = key name, ``uri`` = method, host and path, valid 120 s). Ed25519 CDP
@@ -57,7 +60,8 @@ returns the existing order and places nothing, so :meth:`CoinbaseConnector.creat
 idempotent per client order id. A market buy is sent as ``quote_size`` = amount x the ask
 the router's max-value check used (``OrderRequest.reference_price``; the current ask when
 called without the router), as ccxt does and Coinbase documents for market buys; the filled
-base amount is what the exchange reports, which may differ slightly if the price moved.
+base amount is what the exchange reports, which may differ slightly if the price moved
+(``market_buy_tolerance``: up to 10 % more than the amount; more does not add up).
 Coinbase's create answer carries no status, amount or price: with ``fetch_after_create``
 (default) the connector reads the order once (``GET /orders/historical/{id}``); if that read
 fails, or is off, the order is reported ``open`` with nothing filled -- accepted and live --
@@ -121,10 +125,12 @@ from bagbot_core.errors import (
 )
 from bagbot_core.money import normalize
 from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Quote, Side
+from bagbot_core.params import ParamKind, ParamSpec, declare_params, params_to_send
 from bagbot_core.secrets import Secret
 from bagbot_core.status import OrderStatus
 
 __all__ = [
+    "PARAMS",
     "PRODUCTION_URL",
     "SANDBOX_URL",
     "CoinbaseConnector",
@@ -144,6 +150,15 @@ BROKERAGE_PATH = "/api/v3/brokerage/"
 MARKET_DATA_PATH = "/api/v3/brokerage/market/"
 
 _KEY_NAME = re.compile(r"^organizations/[^/\s]+/apiKeys/[^/\s]+$")
+
+#: The pass-through params a Coinbase order takes (``order_payload["params"]``); anything
+#: else is refused before sending. ccxt turns ``postOnly`` into the limit configuration's
+#: ``post_only`` and leaves base size, limit price and product as bagbot set them.
+PARAMS = declare_params(
+    ParamSpec("postOnly", kind=ParamKind.BOOL, order_types={OrderType.LIMIT},
+              description="true: refuse the limit order instead of letting it take "
+                          "liquidity on arrival"),
+)
 
 Mode = Literal["sandbox", "live", "custom"]
 
@@ -243,6 +258,7 @@ class CoinbaseConnector(CcxtConnector):
 
     name = "coinbase"
     exchange_id = "coinbase"
+    allowed_params = PARAMS
     capabilities = Capabilities(
         market_orders=True,
         limit_orders=True,
@@ -251,9 +267,15 @@ class CoinbaseConnector(CcxtConnector):
         # The create answer is only {order_id, client_order_id}: fills come from a fetch.
         fills_in_create_response=False,
     )
+    #: Market buys are sized in quote currency: the base bought follows the price.
+    market_buy_tolerance = Decimal("0.1")
+
+    #: Where sandbox orders go; every other host but a loopback address is live.
+    sandbox_hosts = frozenset({urlsplit(SANDBOX_URL).netloc})
 
     def __init__(self, settings: ConnectorSettings) -> None:
         super().__init__(settings)
+        self.allow_live = settings.allow_live
         config = settings.config
         url = config.get("api_url") or os.environ.get(ENV_API_URL) or None
         self.api_url: str | None = None if url is None else http_base_url(url, "coinbase: api_url")
@@ -266,7 +288,7 @@ class CoinbaseConnector(CcxtConnector):
         self.client_id_search_pages = max(1, int(config.get("client_id_search_pages", 10)))
 
         api_key = config_secret(config, "api_key", ENV_API_KEY)
-        api_secret = config_secret(config, "api_secret", ENV_API_SECRET)
+        api_secret = config_secret(config, "api_secret", ENV_API_SECRET, multiline=True)
         self.api_key: Secret | None = None
         self.api_secret: Secret | None = None
         if api_key is None or api_secret is None:
@@ -291,6 +313,11 @@ class CoinbaseConnector(CcxtConnector):
         if self.api_url is not None:
             return self.api_url
         return SANDBOX_URL if self.mode == "sandbox" else PRODUCTION_URL
+
+    def endpoints(self) -> Sequence[str]:
+        """Orders are placed, read and canceled at :attr:`base_url` only. (Sandbox mode also
+        reads public market data from ``market_data_url``: unsigned GETs, never orders.)"""
+        return (self.base_url,)
 
     @property
     def signs_requests(self) -> bool:
@@ -459,7 +486,11 @@ class CoinbaseConnector(CcxtConnector):
             raise ExchangeRejectedError(
                 f"coinbase: markets unavailable ({exc}); nothing was sent"
             ) from None
-        params: dict[str, Any] = {**order.params, "client_order_id": client_order_id}
+        # Declared params only (re-checked for direct callers); bagbot's own keys win.
+        params: dict[str, Any] = {
+            **params_to_send(order, self.allowed_params, connector=self.name),
+            "client_order_id": client_order_id,
+        }
         price: str | None = None if order.price is None else plain(order.price)
         market_buy = order.type is OrderType.MARKET and order.side is Side.BUY
         if market_buy and order.reference_price is not None:
@@ -673,6 +704,9 @@ def _list_orders(request: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
 def _text(response: Any, body: str) -> str:
     """Coinbase's words from an error body: ``ERROR: message``, else the raw body."""
     if isinstance(response, Mapping):
+        failure = response.get("error_response")
+        if isinstance(failure, Mapping):
+            return _failure_text(failure, response)[1]
         code = response.get("error")
         message = response.get("message") or response.get("error_details")
         if isinstance(code, str) and isinstance(message, str) and message:
@@ -683,16 +717,45 @@ def _text(response: Any, body: str) -> str:
     return (body or "").strip()[:300] or "no details"
 
 
+#: Failure reason fields of an ``error_response``, most specific first (``error`` is the
+#: deprecated one).
+_FAILURE_FIELDS = ("new_order_failure_reason", "preview_failure_reason", "error")
+
+
+def _is_specific(reason: object) -> bool:
+    """A failure reason that says something: not empty, not ``UNKNOWN_*``/``*_UNSPECIFIED``."""
+    return (isinstance(reason, str) and bool(reason.strip())
+            and not reason.startswith("UNKNOWN_") and not reason.endswith("_UNSPECIFIED"))
+
+
+def _failure_text(failure: Mapping[str, Any],
+                  response: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The specific failure reasons of an ``error_response`` and its text for the row.
+
+    Coinbase often answers ``error: UNKNOWN_FAILURE_REASON`` with an empty ``message`` and
+    puts the cause in ``preview_failure_reason`` or ``new_order_failure_reason`` (the shape
+    ccxt recorded from the real API): the specific field names the refusal, not the generic.
+    """
+    reasons: list[str] = []
+    for value in (*(failure.get(k) for k in _FAILURE_FIELDS), response.get("failure_reason")):
+        if _is_specific(value) and str(value).strip() not in reasons:
+            reasons.append(str(value).strip())
+    message = next((str(m).strip() for m in (failure.get("message"),
+                                               failure.get("error_details"))
+                    if isinstance(m, str) and m.strip()), "")
+    if not reasons:
+        return reasons, f"coinbase refused the order without a reason: {message or 'no details'}"
+    if not message:
+        return reasons, f"coinbase {', '.join(reasons)}"
+    more = f" ({', '.join(reasons[1:])})" if len(reasons) > 1 else ""
+    return reasons, f"coinbase {reasons[0]}: {message}{more}"
+
+
 def _create_failure(errors: Any, failure: Mapping[str, Any],
                     response: Mapping[str, Any]) -> Exception:
-    """A ``success: false`` create answer as a ccxt refusal (never a plain ExchangeError)."""
-    names = [
-        str(failure.get(k)) for k in ("error", "new_order_failure_reason",
-                                      "preview_failure_reason")
-        if failure.get(k)
-    ] or [str(response.get("failure_reason") or "UNKNOWN_FAILURE_REASON")]
-    message = failure.get("message") or failure.get("error_details") or names[0]
-    text = f"coinbase {names[0]}: {message}"
-    if any("INSUFFICIENT_FUND" in n for n in names):
+    """A ``success: false`` create answer as a ccxt refusal (never a plain ExchangeError),
+    named by its most specific failure reason."""
+    reasons, text = _failure_text(failure, response)
+    if any("INSUFFICIENT_FUND" in r for r in reasons):
         return errors.InsufficientFunds(text)  # type: ignore[no-any-return]
     return errors.InvalidOrder(text)  # type: ignore[no-any-return]

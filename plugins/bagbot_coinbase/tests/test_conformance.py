@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pytest
 from bagbot_coinbase.testing import FakeCoinbaseServer, generate_cdp_key, start_fake_coinbase
 
 from bagbot_core.orders import Side
-from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle
+from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle, Placement
 
 ORDERS_PATH = "/api/v3/brokerage/orders"
 
@@ -86,6 +86,49 @@ class CoinbaseHandle(ExchangeHandle):
 
     async def market_requests(self) -> int:
         return len(self.server.requests_to("/api/v3/brokerage/market/products", "GET"))
+
+    async def placements(self) -> Sequence[Placement]:
+        """Each ``POST /orders`` body as Coinbase reads it: the product, the side and the one
+        ``order_configuration`` (its kind gives the type, its fields the sizes and prices)."""
+        found = []
+        for request in self.server.requests_to(ORDERS_PATH, "POST"):
+            try:
+                body = json.loads(request.body)
+            except ValueError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            configuration = body.get("order_configuration")
+            kind, spec = "", {}
+            if isinstance(configuration, dict) and len(configuration) == 1:
+                ((kind, spec),) = configuration.items()
+            spec = spec if isinstance(spec, dict) else {}
+            found.append(Placement(
+                symbol=str(body.get("product_id", "")).replace("-", "/"),
+                side=str(body.get("side", "")).lower(),
+                type=_TYPES.get(kind, kind),
+                amount=_number(spec.get("base_size")),
+                price=_number(spec.get("limit_price")),
+                client_order_id=body.get("client_order_id"),
+                quote_amount=_number(spec.get("quote_size")),
+                stop_price=_number(spec.get("stop_price")),
+            ))
+        return found
+
+
+#: Order configurations that are plain market or limit orders; any other kind is reported
+#: under its own name.
+_TYPES = {"market_market_ioc": "market", "limit_limit_gtc": "limit"}
+
+
+def _number(value: object) -> Decimal | None:
+    """A JSON field as Coinbase reads a number; NaN (equal to nothing) when unreadable."""
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return Decimal("NaN")
 
 
 class TestCoinbaseConformance(ConnectorConformance):

@@ -250,7 +250,7 @@ async def test_sandbox_needs_no_credentials() -> None:
 
 async def test_live_mode_signs_everything_for_the_production_brokerage_api_only() -> None:
     name, pem = generate_cdp_key()
-    conn = RecordingConnector(ConnectorSettings(testnet=False, config={
+    conn = RecordingConnector(ConnectorSettings(testnet=False, allow_live=True, config={
         "api_key": name, "api_secret": pem, "enable_rate_limit": False}))
     try:
         assert conn.mode == "live" and conn.base_url == PRODUCTION_URL
