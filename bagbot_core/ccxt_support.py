@@ -45,7 +45,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, TypeVar
 
 import attrs
@@ -56,6 +56,7 @@ from bagbot_core.connector import (
     ConnectorSettings,
     check_market_limits,
     config_bool,
+    config_seconds,
 )
 from bagbot_core.errors import (
     BagbotError,
@@ -64,7 +65,7 @@ from bagbot_core.errors import (
     ExchangeUnavailableError,
     RateLimitedError,
 )
-from bagbot_core.money import normalize
+from bagbot_core.money import normalize, parse_number_text
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, Quote, Side
 from bagbot_core.params import params_to_send
 from bagbot_core.secrets import Secret
@@ -141,9 +142,9 @@ def decimal_or_none(value: object) -> Decimal | None:
         return None
     if isinstance(value, Decimal):
         return normalize(value) if value.is_finite() else None
-    try:
-        number = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
+    # ASCII digits only: an answer reading "0\u06601" must not become 1.
+    number = parse_number_text(str(value))
+    if number is None:
         return None
     return normalize(number) if number.is_finite() else None
 
@@ -313,10 +314,12 @@ class CcxtConnector(Connector):
     def __init__(self, settings: ConnectorSettings) -> None:
         config = settings.config
         self.testnet = settings.testnet
-        self.enable_rate_limit = config_bool(config.get("enable_rate_limit", True))
-        self.timeout = float(config.get("timeout", 10.0))
-        self.quote_max_age = float(config.get("quote_max_age", 2.0))
-        self.rate_limit_backoff = float(config.get("rate_limit_backoff", 1.0))
+        label = self.name or self.exchange_id or type(self).__name__
+        self.enable_rate_limit = config_bool(config.get("enable_rate_limit", True),
+                                             f"{label}: enable_rate_limit")
+        self.timeout = config_seconds(config, "timeout", 10.0, label)
+        self.quote_max_age = config_seconds(config, "quote_max_age", 2.0, label)
+        self.rate_limit_backoff = config_seconds(config, "rate_limit_backoff", 1.0, label)
         self._exchange: Any = None
         self._markets: dict[str, Market] | None = None
         self._markets_lock = asyncio.Lock()

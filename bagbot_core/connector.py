@@ -272,6 +272,32 @@ def config_bool(value: object, name: str = "connector config flag") -> bool:
     return parse_bool(value, name)
 
 
+#: Upper bound for any duration setting: a day is already far past any sane timeout.
+MAX_CONFIG_SECONDS = 86_400
+
+
+def config_seconds(config: Mapping[str, Any], key: str, default: float, what: str) -> float:
+    """Duration ``key`` (seconds, ``0`` allowed) from the connector config, else ``default``.
+
+    Numbers or ASCII-digit text only: ``True``, NaN, infinities, negatives, Arabic-Indic
+    digits and values above a day are a :class:`ConfigurationError` naming ``what: key``.
+    """
+    from bagbot_core.money import parse_number_text
+
+    value = config.get(key, default)
+    number = None
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        number = parse_number_text(str(value))
+    elif isinstance(value, str):
+        number = parse_number_text(value)
+    if number is None or not number.is_finite() or not 0 <= number <= MAX_CONFIG_SECONDS:
+        raise ConfigurationError(
+            f"{what}: {key} must be a number of seconds from 0 to {MAX_CONFIG_SECONDS} "
+            f"written with ASCII digits, got {ascii(value)[:40]}"
+        )
+    return float(number)
+
+
 def http_base_url(value: object, what: str, *, allow_query: bool = False) -> str:
     """``value`` as an ``http(s)://host[/path]`` base URL without a trailing slash.
 

@@ -72,13 +72,9 @@ def _busy_timeout_ms() -> int:
     raw = os.environ.get(ENV_SQLITE_BUSY_TIMEOUT)
     if raw is None:
         return DEFAULT_BUSY_TIMEOUT_MS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{ENV_SQLITE_BUSY_TIMEOUT}={raw!r} is not an integer") from None
-    if value < 0:
-        raise ConfigurationError(f"{ENV_SQLITE_BUSY_TIMEOUT} must be >= 0, got {value}")
-    return value
+    from bagbot_core.settings import parse_int_setting
+
+    return parse_int_setting(raw, ENV_SQLITE_BUSY_TIMEOUT, minimum=0)
 
 
 def _configure_sqlite(engine: Engine) -> None:

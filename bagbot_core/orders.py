@@ -34,8 +34,9 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
 class OrderRequest:
     """A validated order, as the risk checks and the connector see it.
 
-    ``price`` is set for limit orders and ``None`` for market orders. ``params`` are passed
-    through to the connector untouched (exchange-specific extras, e.g. ``timeInForce``).
+    ``price`` is set for limit orders and ``None`` for market orders. ``params`` are the
+    exchange-specific extras the connector declares (e.g. ``timeInForce``); the router checks
+    them against ``Connector.allowed_params`` before anything else (:mod:`bagbot_core.params`).
     ``client_order_id`` is the caller's idempotency key, if the caller gave one.
     """
 

@@ -63,7 +63,8 @@ def parse_order_payload(payload: object) -> OrderRequest:
 
     Fields: ``symbol`` (``BASE/QUOTE``, case-insensitive), ``side`` (``buy``/``sell``),
     ``type`` (``market``/``limit``), ``amount`` (> 0), ``price`` (limit orders only),
-    optional ``params`` (a dict passed to the connector) and ``client_order_id`` (the
+    optional ``params`` (a dict of connector extras, checked later against what the connector
+    declares: :mod:`bagbot_core.params`) and ``client_order_id`` (the
     idempotency key, ``[A-Za-z0-9_-]{1,36}``). Amounts and prices: see
     :func:`~bagbot_core.money.to_decimal`. Unknown keys are refused, so a typo such as
     ``"prcie"`` cannot turn a limit order into something else.

@@ -146,6 +146,57 @@ def test_exchange_side_reader_refuses_foreign_digits() -> None:
         assert parse_number_text(text) is None, text
 
 
+@pytest.mark.parametrize("text", [*LOOK_ALIKES, "1_000"])
+def test_exchange_answers_in_foreign_digits_are_no_number(text: str) -> None:
+    """A fill of ``"0\u06601"`` in an exchange answer is unreadable, never 1."""
+    from bagbot_core.ccxt_support import decimal_or_none, positive_or_none
+
+    assert decimal_or_none(text) is None
+    assert positive_or_none(text) is None
+    assert decimal_or_none("0.5") == Decimal("0.5")
+    assert decimal_or_none(0.1) == Decimal("0.1")
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0660", "\uff11", "nan", "inf", "-1", True, None,
+                                   "1_0", "", 86_401, float("nan")])
+def test_connector_durations_take_ascii_numbers_only(value: object) -> None:
+    """``timeout``/``quote_max_age``/``rate_limit_backoff`` of every ccxt connector."""
+    from bagbot_core.connector import config_seconds
+
+    with pytest.raises(ConfigurationError, match="binance: timeout must be a number"):
+        config_seconds({"timeout": value}, "timeout", 10.0, "binance")
+
+
+def test_connector_durations_accept_plain_numbers() -> None:
+    from bagbot_core.connector import config_seconds
+
+    assert config_seconds({}, "timeout", 10.0, "x") == 10.0
+    assert config_seconds({"timeout": "2.5"}, "timeout", 10.0, "x") == 2.5
+    assert config_seconds({"timeout": 0}, "timeout", 10.0, "x") == 0.0
+    assert config_seconds({"timeout": Decimal("0.2")}, "timeout", 10.0, "x") == 0.2
+
+
+@pytest.mark.parametrize("raw", ["\u0661\u0660", "1_0", "-5", "ten"])
+def test_sqlite_busy_timeout_takes_ascii_digits_only(
+    raw: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bagbot_core.db import dispose_engines
+
+    monkeypatch.setenv("BAGBOT_SQLITE_BUSY_TIMEOUT_MS", raw)
+    with pytest.raises(ConfigurationError, match="BAGBOT_SQLITE_BUSY_TIMEOUT_MS"):
+        get_engine(f"sqlite:///{tmp_path / 'busy.db'}")
+    dispose_engines()
+
+
+def test_paper_config_zero_in_foreign_digits_is_refused() -> None:
+    """A fee of Arabic-Indic zero is not zero: paper's config numbers are ASCII too."""
+    from bagbot_core.connector import ConnectorSettings
+    from bagbot_core.paper.connector import PaperConnector
+
+    with pytest.raises(ConfigurationError, match="paper connector config"):
+        PaperConnector(ConnectorSettings(config={"spread": "\u0660"}))
+
+
 # -- the command line ----------------------------------------------------------------------
 
 

@@ -91,7 +91,7 @@ from bagbot_core.errors import (
     OrderValidationError,
 )
 from bagbot_core.models import utcnow
-from bagbot_core.money import MAX_SCALE, normalize, to_decimal
+from bagbot_core.money import MAX_SCALE, normalize, parse_number_text, to_decimal
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote, Side
 from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
 from bagbot_core.params import params_to_send
@@ -195,11 +195,9 @@ DEFAULT_MARKETS: tuple[PaperMarket, ...] = (
 
 def _config_decimal(value: object, name: str, *, allow_zero: bool = False) -> Decimal:
     if allow_zero and isinstance(value, Decimal | int | str) and not isinstance(value, bool):
-        try:
-            if Decimal(str(value).strip()) == 0:
-                return Decimal(0)
-        except InvalidOperation:
-            pass  # to_decimal names the problem below
+        zero = parse_number_text(str(value)) if not isinstance(value, Decimal) else value
+        if zero is not None and zero == 0:
+            return Decimal(0)  # else to_decimal names the problem below
     try:
         return to_decimal(value, name)
     except OrderValidationError as exc:

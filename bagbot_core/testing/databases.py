@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bagbot_core.db import dispose_engines
+from bagbot_core.settings import env_bool
 
 __all__ = [
     "DEFAULT_POSTGRES_URL",
@@ -77,6 +78,6 @@ def postgres_schema_url(
 
 def _unreachable(base: str, exc: Exception) -> NoReturn:
     reason = f"PostgreSQL not reachable at {base}: {type(exc).__name__}: {exc}"
-    if os.environ.get(ENV_REQUIRE_POSTGRES) == "1":
+    if env_bool(ENV_REQUIRE_POSTGRES):
         pytest.fail(f"{reason} ({ENV_REQUIRE_POSTGRES}=1)")
     pytest.skip(reason)
