@@ -40,13 +40,16 @@ if TYPE_CHECKING:
         RiskCheckError,
         UnknownConnectorError,
     )
+    from bagbot_core.history import ALL_USERS, History
     from bagbot_core.models import Order
     from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote, Side
     from bagbot_core.plugins import PluginRegistry
     from bagbot_core.risk import RiskCheck, RiskContext, RiskLimits, RiskViolation
+    from bagbot_core.risk_config import Limit, RiskConfig
     from bagbot_core.router import (
         Router,
         cancel_order,
+        check_order,
         get_router,
         reconcile,
         route_order,
@@ -66,19 +69,22 @@ _EXPORTS = {
         "OrderStatusUnknownError", "OrderValidationError", "PluginError", "PluginLoadError",
         "RateLimitedError", "RiskCheckError", "UnknownConnectorError",
     ),
+    "bagbot_core.history": ("ALL_USERS", "History"),
     "bagbot_core.models": ("Order",),
     "bagbot_core.orders": ("ExchangeOrder", "Market", "OrderRequest", "OrderType", "Quote",
                            "Side"),
     "bagbot_core.plugins": ("PluginRegistry",),
     "bagbot_core.risk": ("RiskCheck", "RiskContext", "RiskLimits", "RiskViolation"),
-    "bagbot_core.router": ("Router", "cancel_order", "get_router", "reconcile", "route_order",
-                           "set_router", "sync_order"),
+    "bagbot_core.risk_config": ("Limit", "RiskConfig"),
+    "bagbot_core.router": ("Router", "cancel_order", "check_order", "get_router", "reconcile",
+                           "route_order", "set_router", "sync_order"),
     "bagbot_core.status": ("OrderStatus",),
     "bagbot_core.views": ("OrderView",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
+    "ALL_USERS",
     "BagbotError",
     "Capabilities",
     "ConfigurationError",
@@ -91,7 +97,9 @@ __all__ = [
     "ExchangeOrderNotFoundError",
     "ExchangeRejectedError",
     "ExchangeUnavailableError",
+    "History",
     "IllegalTransitionError",
+    "Limit",
     "LiveTradingNotAllowedError",
     "Market",
     "Order",
@@ -109,6 +117,7 @@ __all__ = [
     "RateLimitedError",
     "RiskCheck",
     "RiskCheckError",
+    "RiskConfig",
     "RiskContext",
     "RiskLimits",
     "RiskViolation",
@@ -116,6 +125,7 @@ __all__ = [
     "Side",
     "UnknownConnectorError",
     "cancel_order",
+    "check_order",
     "get_db",
     "get_engine",
     "get_router",

@@ -3,7 +3,9 @@
 Every command is a thin layer over the library: ``route`` calls
 :func:`bagbot_core.router.route_order`, ``orders`` reads :mod:`bagbot_core.store` and calls
 the router's sync/cancel/reconcile, ``plugins`` prints
-:meth:`bagbot_core.plugins.PluginRegistry.plugin_infos`.
+:meth:`bagbot_core.plugins.PluginRegistry.plugin_infos`, ``risk show`` prints
+:meth:`bagbot_core.risk_config.RiskConfig.describe`, ``route --dry-run`` calls
+:meth:`bagbot_core.router.Router.check_order`.
 
 Conventions:
 
@@ -251,9 +253,12 @@ def _default_user() -> str:
 class Settings:
     """The global options, shared with every command through ``ctx.obj``."""
 
-    def __init__(self, database_url: str | None, verbose: bool) -> None:
+    def __init__(self, database_url: str | None, verbose: bool,
+                 config_path: str | None = None) -> None:
         self.database_url = database_url
         self.verbose = verbose
+        #: ``--config``: the risk config file instead of ``BAGBOT_CONFIG``/the default.
+        self.config_path = config_path
         self.log_path: str | None = None
 
     def url(self) -> str:
@@ -357,10 +362,14 @@ def _with_router(settings: Settings, work: Callable[[Router, Session], Awaitable
 
     async def run() -> T:
         router = get_router()
+        saved = router.risk_config
+        if settings.config_path is not None:  # for this command only
+            router.risk_config = saved.with_file(settings.config_path)
         try:
             with session_factory(engine)() as session:
                 return await work(router, session)
         finally:
+            router.risk_config = saved
             await router.aclose()
 
     try:
@@ -462,18 +471,22 @@ def _echo_order_details(order: Order) -> None:
 @click.option("--database-url", metavar="URL", default=None,
               help="SQLAlchemy URL of bagbot's database (overrides $BAGBOT_DATABASE_URL; "
                    "default: a SQLite file in ~/.local/share/bagbot).")
+@click.option("--config", "config_path", metavar="PATH", default=None,
+              help="Risk config file (TOML; overrides $BAGBOT_CONFIG; default: "
+                   "$XDG_CONFIG_HOME/bagbot/bagbot.toml if it exists).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print the audit log to stderr instead of the log file.")
 @click.version_option(package_name="bagbot-core", prog_name="bagbot")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, database_url: str | None, config_path: str | None,
+        verbose: bool) -> None:
     """bagbot: route crypto orders through pluggable connectors and risk checks.
 
     Try it with no keys and no network: `bagbot demo` routes a few orders through the
     built-in `paper` exchange. The audit log goes to BAGBOT_LOG_FILE, else to a file next
     to the SQLite database (use -v to see it on stderr).
     """
-    ctx.obj = Settings(database_url, verbose)
+    ctx.obj = Settings(database_url, verbose, config_path)
 
 
 @cli.command(short_help="Route one order (testnet unless --live).")
@@ -492,11 +505,14 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
 @click.option("--live", is_flag=True,
               help="Trade on the live exchange instead of its testnet (also needs "
                    "BAGBOT_ALLOW_LIVE=1).")
+@click.option("--dry-run", is_flag=True,
+              help="Run validation and every risk check only: print the violations, write "
+                   "no row, send nothing (exit 1 when the order would be refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the order as JSON.")
 @click.pass_obj
 def route(settings: Settings, symbol: str, side: str, amount: Decimal, connector: str,
           order_type: str, price: Decimal | None, user: str, client_order_id: str | None,
-          live: bool, as_json: bool) -> None:
+          live: bool, dry_run: bool, as_json: bool) -> None:
     """Route one order: AMOUNT of SYMBOL (e.g. BTC/USDT) to buy or sell.
 
     Runs every risk check, records the order, sends it (testnet unless --live) and prints
@@ -514,6 +530,9 @@ def route(settings: Settings, symbol: str, side: str, amount: Decimal, connector
         payload["price"] = decimal_text(price)
     if client_order_id is not None:
         payload["client_order_id"] = client_order_id
+    if dry_run:
+        _dry_run(settings, connector, payload, user, not live, as_json)
+        return
 
     async def work(router: Router, session: Session) -> Order:
         return await router.route_order(connector, payload, session, user, testnet=not live)
@@ -527,6 +546,31 @@ def route(settings: Settings, symbol: str, side: str, amount: Decimal, connector
             f"order {order.client_order_id} is {order.status}: it may be on {order.connector}")
         unresolved.order = order
         raise unresolved
+
+
+def _dry_run(settings: Settings, connector: str, payload: dict[str, Any], user: str,
+             testnet: bool, as_json: bool) -> None:
+    """``route --dry-run``: :meth:`Router.check_order`, the violations on stdout."""
+    from bagbot_core.risk import RiskViolation
+
+    async def work(router: Router, session: Session) -> list[RiskViolation]:
+        return await router.check_order(connector, payload, session, user, testnet=testnet)
+
+    violations = _with_router(settings, work)
+    if as_json:
+        click.echo(_json({"dry_run": True, "passed": not violations,
+                          "violations": [v.as_dict() for v in violations]}))
+    elif not violations:
+        click.echo("dry run: the order passes every risk check (nothing written, nothing sent)")
+    else:
+        click.echo(format_table(
+            ("CHECK", "LIMIT", "ACTUAL", "REASON"),
+            [[_cell(v.check), _cell(v.limit or "-"), _cell(v.actual or "-"), _cell(v.reason)]
+             for v in violations]))
+    if violations:
+        raise click.ClickException(
+            f"dry run: the order would be refused by {len(violations)} risk check(s): "
+            + ", ".join(dict.fromkeys(v.check for v in violations)))
 
 
 @cli.group()
@@ -661,6 +705,60 @@ def plugins(as_json: bool) -> None:
             for d in data]
     click.echo(format_table(("PLUGIN", "DISTRIBUTION", "VERSION", "CONNECTORS", "RISK CHECKS"),
                             rows))
+
+
+@cli.group()
+def risk() -> None:
+    """Risk checks: their limits, where each comes from, trading states."""
+
+
+@risk.command("show")
+@click.option("--user", type=FILTER_TEXT, default=None,
+              help="The limits as this user's orders see them.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def risk_show(settings: Settings, user: str | None, as_json: bool) -> None:
+    """Every active risk check with its effective limit and the limit's source.
+
+    Sources, highest first within a scope: code, env (MAX_ORDER_QTY ...), the config file
+    (--config, $BAGBOT_CONFIG or the default location), default. Scopes, most specific
+    first: symbol, connector, user, global.
+    """
+    from bagbot_core.plugins import PluginRegistry
+    from bagbot_core.risk import parse_skip_list, resolve_skipped
+    from bagbot_core.risk_config import CHECKS, RiskConfig
+
+    config = RiskConfig.load(settings.config_path)
+    registry = PluginRegistry()
+    names = [check.name for check in registry.risk_checks()]
+    skipped = set(resolve_skipped(parse_skip_list(None), names))
+    rows = config.describe(user_id=user)
+    configured = {row["check"] for row in rows}
+    scope = "global" if user is None else f"user {user}"
+    for info in registry.plugin_infos():  # checks without a configurable limit
+        rows += [{"check": name, "limit": None, "value": None, "scope": scope,
+                  "source": f"plugin {info.provenance.plugin} "
+                            f"({info.provenance.distribution})"}
+                 for name in info.risk_checks if name not in CHECKS]
+    order = {name: i for i, name in enumerate(names)}
+    rows.sort(key=lambda row: order.get(row["check"], len(order)))  # stable: scopes stay
+    for row in rows:
+        row["skipped"] = row["check"] in skipped
+    off = [name for name in CHECKS if name in order and name not in configured]
+    where = str(config.path) if config.path is not None else None
+    if as_json:
+        click.echo(_json({"config_file": where, "user": user, "checks": rows, "off": off,
+                          "skipped": sorted(skipped)}))
+        return
+    click.echo(format_table(
+        ("CHECK", "LIMIT", "VALUE", "SCOPE", "SOURCE"),
+        [[_cell(r["check"]) + (" (SKIPPED)" if r["skipped"] else ""), _cell(r["limit"] or "-"),
+          _cell("off" if r["value"] is None and r["limit"] else r["value"] or "-"),
+          _cell(r["scope"]), _cell(r["source"])] for r in rows]))
+    click.echo(f"off (not configured): {', '.join(off) or '-'}")
+    click.echo(f"config file: {_cell(where) if where else 'none'}")
+    if skipped:
+        click.echo(f"SKIPPED by BAGBOT_SKIP_RISK_CHECKS: {', '.join(sorted(skipped))}")
 
 
 @cli.group()
@@ -812,6 +910,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+from bagbot_core.cli_state import register as _register_state  # noqa: E402 - needs cli
+
+_register_state(cli)  # bagbot halt | reduce | resume, bagbot risk status
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def bagbot_add_risk_checks() -> Sequence[RiskCheck]:
 
     Called once per registry. Every check of every plugin runs on every order, after the
     payload is validated and the connector's markets and reference quote are loaded, before
-    anything is written or sent. All violations are collected; any violation rejects the
-    order with :class:`~bagbot_core.errors.RiskCheckError`. A check that raises counts as a
+    anything is sent: inside the transaction that holds the user's lock and then writes the
+    ``pending`` row, so ``ctx.history`` sees every earlier order of every process. A check
+    may be ``async def``. All violations are collected; any violation rejects the order
+    with :class:`~bagbot_core.errors.RiskCheckError`. A check that raises counts as a
     violation (fail closed).
 
     :return: :class:`~bagbot_core.risk.RiskCheck` objects with stable, unique names (a name

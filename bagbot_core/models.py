@@ -92,6 +92,12 @@ class Order(Base):
     __table_args__ = (
         Index("ix_orders_connector_external_id", "connector", "external_id"),
         Index("ix_orders_status", "status"),
+        # Risk history (bagbot_core.history): a user's orders in a window, in a status.
+        Index("ix_orders_user_testnet_created_at", "user_id", "testnet", "created_at"),
+        Index("ix_orders_user_status", "user_id", "status", "testnet"),
+        # Covers History.position: a user's fills per base asset, all time.
+        Index("ix_orders_position", "user_id", "testnet", "symbol", "side", "filled_qty",
+              "status"),
         UniqueConstraint("client_order_id", name="uq_orders_client_order_id"),
     )
 
@@ -116,6 +122,8 @@ class Order(Base):
     #: The amount the caller asked for; ``qty`` is what was sent after market rounding.
     requested_qty: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     avg_price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    #: The order's value in USD as its risk checks saw it (``None``: not valued in USD).
+    notional_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     exchange_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -139,3 +147,38 @@ class Order(Base):
             f"<Order id={self.id} {self.connector} {self.side} {self.qty} {self.symbol} "
             f"status={self.status} client_order_id={self.client_order_id}>"
         )
+
+
+class TradingStateRow(Base):
+    """The current trading state of one scope (the kill switch), with who set it and why.
+
+    A scope is ``(user_id, connector)`` where ``""`` means any: ``("", "")`` is global,
+    ``("", C)`` one connector, ``(U, "")`` one user everywhere, ``(U, C)`` one user on one
+    connector (user ids and connector names are never empty). The primary key makes the
+    router's per-order read one index lookup; the history is ``trading_state_changes``.
+    """
+
+    __tablename__ = "trading_states"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    who: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TradingStateChange(Base):
+    """One change of a scope's trading state, kept forever (the row above is the latest)."""
+
+    __tablename__ = "trading_state_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    connector: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    #: The scope's state before this change; ``None`` when it had never been set.
+    previous: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    who: Mapped[str] = mapped_column(String(128))
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)

@@ -1,16 +1,20 @@
 """Pre-trade risk checks: the types plugins implement and the runner that applies them.
 
-A check is a plain synchronous function of a :class:`RiskContext`. Everything that needs I/O
-(markets, a reference price) is fetched by the router *before* the checks run, so checks are
-pure, cheap and property-testable. Every registered check runs on every order and every
-violation is collected: a trader sees all the reasons at once.
+A check is a function of a :class:`RiskContext`, plain or ``async def``. What needs the
+network (markets, a reference quote) is fetched by the router *before* the checks run; a
+stateful check reads past orders through ``ctx.history`` (:mod:`bagbot_core.history`),
+bound to the transaction that holds the user's lock, so its limit holds across processes.
+Every registered check runs on every order and every violation is collected: a trader sees
+all the reasons at once.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -18,6 +22,10 @@ from bagbot_core.errors import ConfigurationError
 from bagbot_core.money import decimal_text
 from bagbot_core.orders import Market, OrderRequest, Quote
 from bagbot_core.settings import env_decimal
+
+if TYPE_CHECKING:
+    from bagbot_core.history import History
+    from bagbot_core.risk_config import RiskConfig
 
 #: The seed's environment variables and defaults.
 ENV_MAX_ORDER_QTY = "MAX_ORDER_QTY"
@@ -102,9 +110,15 @@ class RiskViolation:
 class RiskContext:
     """Everything a check may look at. ``market`` is ``None`` when the symbol is unknown.
 
+    ``quote`` is the reference quote for every order type (market and limit), from the
+    connector's cache within its staleness bound; ``None`` when none could be had.
     ``reference_price`` is the limit price, or for a market order the quote's ask (buy) or
     bid (sell); ``None`` when no price could be had. ``notional_usd`` is ``amount *
     reference_price`` when the quote currency counts as USD, else ``None``.
+
+    ``testnet`` is where the order goes (a sandbox or loopback host when ``True``).
+    ``history`` is the read-only view of the router's own orders, inside the transaction
+    that holds the user's lock; ``None`` only for a context built outside the router.
     """
 
     order: OrderRequest
@@ -113,6 +127,11 @@ class RiskContext:
     limits: RiskLimits
     markets: Mapping[str, Market]
     quote: Quote | None = None
+    testnet: bool = True
+    history: History | None = None
+    #: Effective limits per user/connector/symbol (:mod:`bagbot_core.risk_config`); ``None``
+    #: outside the router: the seed's checks then read ``limits``, the controls stay off.
+    config: RiskConfig | None = None
 
     @property
     def market(self) -> Market | None:
@@ -135,7 +154,8 @@ class RiskContext:
 
 
 CheckResult = RiskViolation | Iterable[RiskViolation] | None
-CheckFunction = Callable[[RiskContext], CheckResult]
+#: A plain function or an ``async def`` one.
+CheckFunction = Callable[[RiskContext], CheckResult | Awaitable[CheckResult]]
 
 
 @attrs.frozen
@@ -150,38 +170,70 @@ class RiskCheck:
     description: str = ""
 
 
-def run_checks(checks: Sequence[RiskCheck], context: RiskContext) -> list[RiskViolation]:
-    """Run every check and collect every violation.
+async def run_checks(
+    checks: Sequence[RiskCheck], context: RiskContext
+) -> list[RiskViolation]:
+    """Run every check, in order, awaiting ``async def`` ones, and collect every violation.
 
     A check that raises is itself a violation (fail closed): an order is never sent because
-    the code meant to stop it crashed.
+    the code meant to stop it crashed. Checks run one after another: they share the
+    routing transaction, which runs one statement at a time.
+    """
+    violations: list[RiskViolation] = []
+    for check in checks:
+        try:
+            result = check.check(context)
+            if inspect.isawaitable(result):
+                result = await result
+            found = _violations(check, result)  # a generator may raise while iterated
+        except Exception as exc:
+            found = [_raised(check, exc)]
+        violations.extend(found)
+    return violations
+
+
+def run_checks_sync(checks: Sequence[RiskCheck], context: RiskContext) -> list[RiskViolation]:
+    """:func:`run_checks` without an event loop, for plain checks (tests, tools).
+
+    An ``async def`` check cannot run here: it is a violation (fail closed), never a pass.
     """
     violations: list[RiskViolation] = []
     for check in checks:
         try:
             result = check.check(context)
         except Exception as exc:
-            violations.append(
-                RiskViolation(check.name, f"check raised {type(exc).__name__}: {exc}")
-            )
+            violations.append(_raised(check, exc))
             continue
-        if result is None:
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            violations.append(RiskViolation(
+                check.name, "async check cannot run without an event loop (use run_checks)"))
             continue
-        if isinstance(result, RiskViolation):
-            violations.append(result)
-            continue
-        items: list[object] = list(result) if isinstance(result, Iterable) else [result]
-        for item in items:
-            if isinstance(item, RiskViolation):
-                violations.append(item)
-            else:
-                violations.append(
-                    RiskViolation(
-                        check.name,
-                        f"check returned {type(item).__name__}, expected RiskViolation or None",
-                    )
-                )
+        try:
+            found = _violations(check, result)
+        except Exception as exc:
+            found = [_raised(check, exc)]
+        violations.extend(found)
     return violations
+
+
+def _raised(check: RiskCheck, exc: Exception) -> RiskViolation:
+    return RiskViolation(check.name, f"check raised {type(exc).__name__}: {exc}")
+
+
+def _violations(check: RiskCheck, result: object) -> list[RiskViolation]:
+    """A check's result as violations; anything but violations or ``None`` is one itself."""
+    if result is None:
+        return []
+    if isinstance(result, RiskViolation):
+        return [result]
+    items: list[object] = list(result) if isinstance(result, Iterable) else [result]
+    return [
+        item if isinstance(item, RiskViolation) else RiskViolation(
+            check.name, f"check returned {type(item).__name__}, expected RiskViolation or None")
+        for item in items
+    ]
 
 
 def parse_skip_list(value: str | Iterable[str] | None) -> frozenset[str]:

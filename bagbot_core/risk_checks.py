@@ -1,4 +1,5 @@
-"""The five built-in pre-trade checks from the seed, registered as an ordinary plugin.
+"""The five built-in pre-trade checks from the seed, registered as an ordinary plugin,
+together with the controls of :mod:`bagbot_core.risk_controls` (off until configured).
 
 Names are stable -- they are what rejected rows and audit events carry:
 ``max_quantity``, ``max_value``, ``min_quantity``, ``valid_side``, ``valid_symbol``.
@@ -6,13 +7,27 @@ Names are stable -- they are what rejected rows and audit events carry:
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from bagbot_core.markers import hookimpl
 from bagbot_core.orders import Side
 from bagbot_core.risk import RiskCheck, RiskContext, RiskViolation, fmt
+from bagbot_core.risk_controls import CONTROLS
+
+
+def _seed_limit(ctx: RiskContext, name: str) -> Decimal:
+    """The seed limit ``name`` for this order: per scope from ``ctx.config`` (the router's),
+    else the context's global ``limits``."""
+    if ctx.config is None:
+        value: Decimal = getattr(ctx.limits, name)
+        return value
+    limit: Decimal = ctx.config.limit(name, user_id=ctx.user_id, connector=ctx.connector,
+                                      symbol=ctx.order.symbol).value
+    return limit
 
 
 def max_quantity(ctx: RiskContext) -> RiskViolation | None:
-    limit = ctx.limits.max_order_qty
+    limit = _seed_limit(ctx, "max_order_qty")
     if ctx.order.amount > limit:
         return RiskViolation(
             "max_quantity", f"quantity {fmt(ctx.order.amount)} exceeds {fmt(limit)}",
@@ -22,7 +37,7 @@ def max_quantity(ctx: RiskContext) -> RiskViolation | None:
 
 
 def min_quantity(ctx: RiskContext) -> RiskViolation | None:
-    limit = ctx.limits.min_order_qty
+    limit = _seed_limit(ctx, "min_order_qty")
     if ctx.order.amount < limit:
         return RiskViolation(
             "min_quantity", f"quantity {fmt(ctx.order.amount)} is below {fmt(limit)}",
@@ -33,7 +48,7 @@ def min_quantity(ctx: RiskContext) -> RiskViolation | None:
 
 def max_value(ctx: RiskContext) -> RiskViolation | None:
     """Order value in USD must not exceed the limit; unknown value fails closed."""
-    limit = ctx.limits.max_order_value_usd
+    limit = _seed_limit(ctx, "max_order_value_usd")
     if ctx.reference_price is None:
         return RiskViolation(
             "max_value", f"no reference price for {ctx.order.symbol}: cannot value the order "
@@ -90,4 +105,6 @@ BUILTIN_CHECKS = (
 
 @hookimpl
 def bagbot_add_risk_checks() -> tuple[RiskCheck, ...]:
-    return BUILTIN_CHECKS
+    from bagbot_core.trading_state import TRADING_STATE_CHECK
+
+    return (*BUILTIN_CHECKS, *CONTROLS, TRADING_STATE_CHECK)

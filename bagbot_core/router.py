@@ -3,10 +3,13 @@
 The flow, and why it is ordered this way:
 
 1. validate the payload (nothing untrusted goes further);
-2. load the connector, its cached markets and -- for market orders -- a reference quote;
-3. run every risk check (all violations collected), round to the market, check again;
-4. write a ``pending`` row with a fresh ``client_order_id`` and **commit** -- the order
-   exists in our database before it can exist on the exchange;
+2. load the connector, its cached markets and a reference quote (every order type);
+3. in one transaction that holds the user's lock (:mod:`bagbot_core.user_lock`): run every
+   risk check (all violations collected; stateful ones read ``ctx.history``), round to the
+   market, check again;
+4. write the ``pending`` row with a fresh ``client_order_id`` and **commit**, which releases
+   the lock -- no other process routed for the user in between, and the order exists in our
+   database before it can exist on the exchange;
 5. send it, tagged with that client order id;
 6. record the exchange's answer and commit.
 
@@ -46,9 +49,10 @@ from bagbot_core.errors import (
     RiskCheckError,
 )
 from bagbot_core.exchange_state import Inconsistent, Stale, answer_summary
+from bagbot_core.history import History
 from bagbot_core.models import Order, utcnow
 from bagbot_core.money import decimal_text
-from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Quote
+from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote
 from bagbot_core.params import validate_params
 from bagbot_core.payload import (
     check_connector_name,
@@ -69,8 +73,10 @@ from bagbot_core.risk import (
     resolve_skipped,
     run_checks,
 )
+from bagbot_core.risk_config import RiskConfig
 from bagbot_core.settings import env_bool
 from bagbot_core.status import OrderStatus
+from bagbot_core.user_lock import lock_user
 
 ENV_ALLOW_LIVE = "BAGBOT_ALLOW_LIVE"
 
@@ -121,6 +127,23 @@ class _Db:
 
         return await self.db.run_sync(call)  # type: ignore[no-any-return]
 
+    async def rollback(self) -> None:
+        if self.is_async:
+            await self.db.rollback()
+        else:
+            self.db.rollback()
+
+    async def release(self) -> None:
+        """End a transaction that wrote nothing: a commit, because a rollback would also
+        expire every row the caller holds; a rollback only if the commit fails."""
+        try:
+            if self.is_async:
+                await self.db.commit()
+            else:
+                self.db.commit()
+        except Exception:
+            await self.rollback()
+
     def url(self) -> str | None:
         bind = self.db.get_bind() if not self.is_async else self.db.bind
         if bind is None:
@@ -135,6 +158,34 @@ class _Db:
 
 #: Engine -> its synchronous URL (an engine's URL never changes).
 _bind_urls: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+_USER_ID_RULE = "user_id must be a non-empty string of at most 128 printable characters"
+
+
+def _valid_user_id(user_id: object) -> bool:
+    return (isinstance(user_id, str) and bool(user_id.strip()) and len(user_id) <= 128
+            and user_id.isprintable())
+
+
+class _DatabaseFailed(Exception):
+    """The database failed during the atomic step (taking the lock, inserting the row)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@attrs.frozen
+class _Inputs:
+    """What the checks need that is fetched before the user's lock is taken."""
+
+    connector_name: str
+    user_id: str
+    testnet: bool
+    request: OrderRequest
+    markets: Mapping[str, Market]
+    quote: Quote | None
 
 
 def _clip(value: object, size: int) -> str:
@@ -170,7 +221,8 @@ class Router:
     it for every order. Call :meth:`aclose` at shutdown.
 
     :param registry: plugins to use; default discovers installed ones.
-    :param limits: built-in risk limits; default reads the environment.
+    :param limits: the seed's three limits at global scope, set in code (over the
+        environment and the config file's ``[risk]`` table).
     :param connector_config: per-connector configuration passed to factories, e.g.
         ``{"binance": {"api_url": "http://127.0.0.1:8123"}}``.
     :param allow_live: allow ``testnet=False``; default reads ``BAGBOT_ALLOW_LIVE``. Both
@@ -181,7 +233,11 @@ class Router:
         ``BAGBOT_SKIP_RISK_CHECKS``. Every order routed meanwhile logs a
         ``risk_checks_bypassed`` warning and its row's ``details["risk_checks_skipped"]``
         lists them. ``"all"`` means every check loaded when the router is built.
-    :raises ConfigurationError: ``skip_risk_checks`` names a check that does not exist.
+    :param risk_config: every risk limit per user, connector and symbol; default
+        :meth:`RiskConfig.load() <bagbot_core.risk_config.RiskConfig.load>` (the config
+        file, the seed's environment variables, the defaults).
+    :raises ConfigurationError: ``skip_risk_checks`` names a check that does not exist; a
+        bad config file or limit.
     """
 
     def __init__(
@@ -193,9 +249,14 @@ class Router:
         allow_live: bool | None = None,
         reconcile_grace: dt.timedelta = DEFAULT_RECONCILE_GRACE,
         skip_risk_checks: str | Iterable[str] | None = None,
+        risk_config: RiskConfig | None = None,
     ) -> None:
         self.registry = registry if registry is not None else PluginRegistry()
-        self.limits = limits if limits is not None else RiskLimits.from_env()
+        risk = risk_config if risk_config is not None else RiskConfig.load()
+        if limits is not None:  # code: over the environment and the file's [risk] table
+            risk = risk.with_overrides(attrs.asdict(limits))
+        #: Every limit per user/connector/symbol with its source; replaceable as a whole.
+        self.risk_config = risk
         requested = parse_skip_list(skip_risk_checks)
         #: The risk checks this router does not run (resolved, in registration order).
         self.skipped_risk_checks: tuple[str, ...] = resolve_skipped(
@@ -209,6 +270,11 @@ class Router:
         self._connectors: dict[tuple[Any, ...], Connector] = {}
         self._connector_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def limits(self) -> RiskLimits:
+        """The seed's three limits at global scope (per scope: :attr:`risk_config`)."""
+        return self.risk_config.seed_limits()
 
     @property
     def allow_live(self) -> bool:
@@ -343,10 +409,8 @@ class Router:
             user_id=user_id if isinstance(user_id, str) else repr(user_id),
             connector=connector_name if name_ok else storable_connector_name(connector_name),
             testnet=testnet if testnet_ok else _shown(testnet))
-        if (not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128
-                or not user_id.isprintable()):
-            error = OrderValidationError("user_id must be a non-empty string of at most 128 "
-                                         "printable characters")
+        if not _valid_user_id(user_id):
+            error = OrderValidationError(_USER_ID_RULE)
             log.warning("order_invalid", reason=str(error))
             self._notify(log, "bagbot_on_route_error", order=None, error=error)
             raise error
@@ -408,69 +472,129 @@ class Router:
             row["testnet"] = testnet if connector.live is None else not connector.live
             self._notify(log, "bagbot_before_route", connector=connector_name,
                          user_id=user_id, order=request)
-            prepared = await self._check(connector, log, connector_name, user_id, request)
-        except (BagbotError, Exception) as error:
-            bagbot_error = error if isinstance(error, BagbotError) else ExchangeUnavailableError(
-                f"{connector_name}: {type(error).__name__}: {audit.redact_text(str(error))}"
-            )
-            return await self._reject_before_send(runner, log, row, bagbot_error, error)
-
-        row.update(qty=prepared.amount, price=prepared.price)
-        try:
-            order = await runner.run(store.insert_order, status=OrderStatus.PENDING.value, **row)
+            inputs = await self._prepare(connector, log, connector_name, user_id,
+                                         row["testnet"], request)
+            # The atomic step: the user's lock, every check, the pending row, one commit.
+            prepared, order = await self._checked_insert(runner, log, connector, inputs, row)
         except store.ClientOrderIdTaken:
             # A concurrent call with the same idempotency key won the insert.
             existing = await runner.run(store.get_by_client_order_id, client_order_id)
             assert existing is not None
             return await self._idempotent_replay(runner, log, existing, connector_name,
                                                  user_id, request, testnet)
+        except _DatabaseFailed as failed:  # the database itself: as before, no row
+            raise failed.error from None
+        except (BagbotError, Exception) as error:
+            bagbot_error = error if isinstance(error, BagbotError) else ExchangeUnavailableError(
+                f"{connector_name}: {type(error).__name__}: {audit.redact_text(str(error))}"
+            )
+            return await self._reject_before_send(runner, log, row, bagbot_error, error)
         log = log.bind(order_id=order.id)
         log.info("pending_written")
         return await self._submit(runner, log, connector, order, prepared)
 
-    async def _check(
+    async def _prepare(
         self, connector: Connector, log: Any, connector_name: str, user_id: str,
-        request: OrderRequest,
-    ) -> OrderRequest:
-        """Markets, quote, risk checks, market rounding; returns the order to send."""
+        testnet: bool, request: OrderRequest,
+    ) -> _Inputs:
+        """Params, markets and the reference quote: everything fetched before the lock."""
         # Params first: an undeclared or forbidden one is refused before anything is asked,
         # checked or written pending (see bagbot_core.params).
         request = attrs.evolve(request, params=validate_params(
             request.params, connector.allowed_params, order_type=request.type,
             connector=connector_name))
-        try:
-            markets = await connector.load_markets()
-        except ExchangeError:
-            raise
+        markets = await connector.load_markets()
         market = markets.get(request.symbol)
         quote: Quote | None = None
-        if request.type is OrderType.MARKET and market is not None and market.active:
+        if market is not None and market.active:
+            # Every order type gets a quote (a price collar needs one for a limit order),
+            # from the connector's cache within its staleness bound.
             try:
                 quote = await connector.fetch_quote(request.symbol)
-            except ExchangeError as exc:  # the max-value check then fails closed
+            except ExchangeError as exc:  # checks that need it then fail closed
                 log.warning("quote_unavailable", error=exc)
+            except Exception as exc:
+                if request.type is OrderType.MARKET:
+                    raise
+                # A limit order is priced by its caller; only a check that needs the
+                # quote (the collar) refuses it.
+                log.warning("quote_unavailable", error=exc)
+        return _Inputs(connector_name, user_id, testnet, request, markets, quote)
+
+    async def _checked_insert(
+        self, runner: _Db, log: Any, connector: Connector, inputs: _Inputs,
+        row: dict[str, Any],
+    ) -> tuple[OrderRequest, Order]:
+        """The atomic per-user step: lock, every check, the ``pending`` row, commit.
+
+        The transaction takes the user's lock (:mod:`bagbot_core.user_lock`) before any
+        check reads ``ctx.history``, and commits the ``pending`` row before releasing it, so
+        no other process can route for the same user in between: N processes together never
+        exceed a limit. A refusal ends the transaction, which wrote nothing (the caller then
+        writes the ``rejected`` row in a transaction of its own); a database failure rolls it
+        back.
+
+        :raises RiskCheckError, ExchangeRejectedError: refused; nothing was written.
+        :raises store.ClientOrderIdTaken: a concurrent call with the same idempotency key.
+        :raises _DatabaseFailed: the database failed taking the lock or writing the row.
+        """
+        try:
+            try:
+                await runner.run(lock_user, inputs.user_id)
+            except Exception as error:
+                raise _DatabaseFailed(error) from error
+            history = History(runner.db, inputs.user_id, inputs.connector_name, inputs.testnet)
+            try:
+                prepared, notional = await self._check(connector, log, inputs, history)
+            except Exception:
+                await runner.release()  # refused: the step wrote nothing
+                raise
+            row.update(qty=prepared.amount, price=prepared.price, notional_usd=notional)
+            try:
+                order = await runner.run(store.insert_order,
+                                         status=OrderStatus.PENDING.value, **row)
+            except store.ClientOrderIdTaken:
+                raise
+            except Exception as error:
+                raise _DatabaseFailed(error) from error
+        except BaseException:
+            if runner.db.in_transaction():  # a database failure, or a cancellation
+                await runner.rollback()
+            raise
+        return prepared, order
+
+    async def _check(
+        self, connector: Connector, log: Any, inputs: _Inputs, history: History | None,
+    ) -> tuple[OrderRequest, Decimal | None]:
+        """Risk checks, market rounding, checks again; returns the order to send and the
+        USD notional that was checked."""
+        request, markets = inputs.request, inputs.markets
+        market = markets.get(request.symbol)
         checks = self.registry.risk_checks()
         if self.skipped_risk_checks:  # announced per order by route_order
             checks = [c for c in checks if c.name not in self.skipped_risk_checks]
-        context = RiskContext(order=request, connector=connector_name, user_id=user_id,
-                              limits=self.limits, markets=markets, quote=quote)
-        violations = run_checks(checks, context)
+        context = RiskContext(order=request, connector=inputs.connector_name,
+                              user_id=inputs.user_id, limits=self.limits, markets=markets,
+                              quote=inputs.quote, testnet=inputs.testnet, history=history,
+                              config=self.risk_config)
+        violations = await run_checks(checks, context)
         self._log_risk(log, checks, violations)
         if violations:
             raise RiskCheckError(violations)
         if market is None:  # only reachable when valid_symbol is disabled
-            raise ExchangeRejectedError(f"{request.symbol} is not a market on {connector_name}")
+            raise ExchangeRejectedError(
+                f"{request.symbol} is not a market on {inputs.connector_name}")
         prepared = connector.prepare_order(request, market, context.reference_price)
         if prepared != request:
             log.info("order_rounded", amount=decimal_text(prepared.amount),
                      price=decimal_text(prepared.price))
-            again = run_checks(checks, RiskContext(
-                order=prepared, connector=connector_name, user_id=user_id,
-                limits=self.limits, markets=markets, quote=quote))
+            context = attrs.evolve(context, order=prepared)
+            again = await run_checks(checks, context)
             if again:
                 self._log_risk(log, checks, again)
                 raise RiskCheckError(again)
-        return attrs.evolve(prepared, reference_price=context.reference_price)
+        return (attrs.evolve(prepared, reference_price=context.reference_price),
+                context.notional_usd)
 
     @staticmethod
     def _log_risk(log: Any, checks: Any, violations: list[RiskViolation]) -> None:
@@ -618,18 +742,9 @@ class Router:
         (the connector's endpoints were a sandbox or loopback host); a testnet request never
         matches a live row.
         """
-        same = (
-            existing.user_id == user_id and existing.connector == connector_name
-            and existing.symbol == request.symbol and existing.side == request.side.value
-            and existing.order_type == request.type.value
-            and (existing.testnet or not testnet)
-        )
         log = log.bind(client_order_id=existing.client_order_id, order_id=existing.id)
-        if not same:
-            error = OrderValidationError(
-                f"client_order_id {existing.client_order_id!r} is already used by order "
-                f"{existing.id} with different parameters"
-            )
+        if not self._same_order(existing, connector_name, user_id, request, testnet):
+            error = self._key_taken(existing)
             log.warning("rejected", stage="idempotency", reason=str(error))
             self._notify(log, "bagbot_on_route_error", order=None, error=error)
             raise error
@@ -638,6 +753,85 @@ class Router:
             self._fail(log, existing, ExchangeRejectedError(
                 existing.reason or "order was rejected"))
         return existing
+
+    @staticmethod
+    def _same_order(existing: Order, connector_name: str, user_id: str,
+                    request: OrderRequest, testnet: bool) -> bool:
+        return (
+            existing.user_id == user_id and existing.connector == connector_name
+            and existing.symbol == request.symbol and existing.side == request.side.value
+            and existing.order_type == request.type.value
+            and (existing.testnet or not testnet)
+        )
+
+    @staticmethod
+    def _key_taken(existing: Order) -> OrderValidationError:
+        return OrderValidationError(
+            f"client_order_id {existing.client_order_id!r} is already used by order "
+            f"{existing.id} with different parameters"
+        )
+
+    # -- dry run ------------------------------------------------------------------------
+
+    async def check_order(
+        self,
+        connector_name: str,
+        order_payload: Mapping[str, Any],
+        db: Any,
+        user_id: str,
+        testnet: bool = True,
+    ) -> list[RiskViolation]:
+        """Dry run of :meth:`route_order`: validation and every risk check, nothing else.
+
+        Stateful checks included: they read ``db`` under the user's lock, exactly as
+        :meth:`route_order` would at this moment (the transaction then ends). No row is
+        written, no hook is notified and nothing is sent. The checks run again after market
+        rounding when it changes the order, as when routing. An idempotency key that already
+        has a row is checked like a new order (routing it would replay that row).
+
+        :return: every violation; empty when the order would pass the checks.
+        :raises OrderValidationError: bad payload, user id, connector name, testnet flag or
+            params, or an idempotency key used by a different order.
+        :raises ExchangeRejectedError: the market refuses the order (rounding).
+        :raises LiveTradingNotAllowedError, UnknownConnectorError, ConfigurationError,
+            ExchangeError: as :meth:`route_order`, before any check ran.
+        """
+        runner = _Db(db)
+        if not _valid_user_id(user_id):
+            raise OrderValidationError(_USER_ID_RULE)
+        if not check_connector_name(connector_name):
+            raise connector_name_error(connector_name)
+        if not isinstance(testnet, bool):
+            raise OrderValidationError(f"testnet must be True or False, got {_shown(testnet)}")
+        request = parse_order_payload(order_payload)
+        log = audit.get_logger(user_id=user_id, connector=connector_name, testnet=testnet,
+                               symbol=request.symbol, dry_run=True)
+        if self.skipped_risk_checks:
+            log.warning("risk_checks_bypassed", checks=list(self.skipped_risk_checks),
+                        setting=ENV_SKIP_RISK_CHECKS,
+                        message="PRE-TRADE RISK CHECKS BYPASSED")
+        if request.client_order_id is not None:
+            existing = await runner.run(store.get_by_client_order_id, request.client_order_id)
+            if existing is not None and not self._same_order(
+                    existing, connector_name, user_id, request, testnet):
+                raise self._key_taken(existing)
+        connector = await self.get_connector(connector_name, testnet=testnet,
+                                             database_url=runner.url())
+        where = testnet if connector.live is None else not connector.live
+        inputs = await self._prepare(connector, log, connector_name, user_id, where, request)
+        try:
+            await runner.run(lock_user, user_id)
+            history = History(runner.db, user_id, connector_name, where)
+            try:
+                await self._check(connector, log, inputs, history)
+                violations: list[RiskViolation] = []
+            except RiskCheckError as error:
+                violations = list(error.violations)
+        finally:
+            await runner.release()
+        log.info("dry_run", passed=not violations,
+                 violations=[v.check for v in violations])
+        return violations
 
     # -- after routing ------------------------------------------------------------------
 
@@ -782,6 +976,58 @@ class Router:
                                 symbol=order.symbol, client_order_id=order.client_order_id,
                                 order_id=order.id, testnet=order.testnet)
 
+    # -- trading state: the kill switch (bagbot_core.trading_state) ---------------------
+
+    async def halt(self, db: Any, *, reason: str, who: str, user_id: str | None = None,
+                   connector: str | None = None, cancel_open: bool = False) -> Any:
+        """HALT the scope (both ``None``: everything): no new orders, cancels still work.
+
+        With ``cancel_open``, then cancel the scope's open orders one by one; the returned
+        :class:`~bagbot_core.trading_state.StateChange` lists each in ``canceled``, with the
+        error of any cancel that failed (the others are still tried).
+
+        :raises UnknownConnectorError: ``connector`` is not installed (nothing changed).
+        :raises ConfigurationError: an invalid user id, an empty reason or who.
+        """
+        from bagbot_core.trading_state import CancelOutcome, TradingState, open_orders
+
+        change = await self._set_trading_state(db, TradingState.HALTED, reason=reason,
+                                               who=who, user_id=user_id, connector=connector)
+        if not cancel_open:
+            return change
+        runner = _Db(db)
+        outcomes = []
+        for order in await runner.run(open_orders, user_id=user_id, connector=connector):
+            try:
+                outcomes.append(CancelOutcome(await self.cancel_order(db, order)))
+            except Exception as error:  # one failed cancel must not stop the others
+                outcomes.append(CancelOutcome(order, error))
+        return attrs.evolve(change, canceled=tuple(outcomes))
+
+    async def reduce(self, db: Any, *, reason: str, who: str, user_id: str | None = None,
+                     connector: str | None = None) -> Any:
+        """REDUCING for the scope: only orders that reduce the user's position pass."""
+        from bagbot_core.trading_state import TradingState
+
+        return await self._set_trading_state(db, TradingState.REDUCING, reason=reason,
+                                             who=who, user_id=user_id, connector=connector)
+
+    async def resume(self, db: Any, *, reason: str, who: str, user_id: str | None = None,
+                     connector: str | None = None) -> Any:
+        """ACTIVE for the scope (a broader scope's restriction still applies)."""
+        from bagbot_core.trading_state import TradingState
+
+        return await self._set_trading_state(db, TradingState.ACTIVE, reason=reason,
+                                             who=who, user_id=user_id, connector=connector)
+
+    async def _set_trading_state(self, db: Any, state: Any, *, connector: str | None,
+                                 **kwargs: Any) -> Any:
+        from bagbot_core.trading_state import set_trading_state
+
+        if connector is not None:
+            self.registry.connector_spec(connector)  # a typo must not halt nothing
+        return await _Db(db).run(set_trading_state, state, connector=connector, **kwargs)
+
 
 # -- the module-level API (a process-wide default router) --------------------------------
 
@@ -811,6 +1057,17 @@ async def route_order(
 ) -> Order:
     """Route one order through the default router. See :meth:`Router.route_order`."""
     return await get_router().route_order(connector_name, order_payload, db, user_id, testnet)
+
+
+async def check_order(
+    connector_name: str,
+    order_payload: Mapping[str, Any],
+    db: Any,
+    user_id: str,
+    testnet: bool = True,
+) -> list[RiskViolation]:
+    """Dry-run one order through the default router. See :meth:`Router.check_order`."""
+    return await get_router().check_order(connector_name, order_payload, db, user_id, testnet)
 
 
 async def sync_order(db: Any, order: Order | int) -> Order:

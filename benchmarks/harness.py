@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from benchmarks.risk import SEED_ROWS, seed
+
 SYMBOL = "BTC/USDT"
 AMOUNT = "0.0002"  # 10 USDT at the fake's 50000: above Binance's 5 USDT minimum notional
 PAYLOAD = {"symbol": SYMBOL, "side": "buy", "type": "market", "amount": AMOUNT}
@@ -51,11 +53,12 @@ class Config:
     warmup: int = 20
     postgres_url: str | None = DEFAULT_PG
     only: tuple[str, ...] = ()
+    seed_rows: int = SEED_ROWS
 
     @classmethod
     def quick_mode(cls) -> Config:
         return cls(quick=True, reps=1, n=15, naive_n=2, conc_total=40, conc_inflight=10,
-                   startup_reps=1, warmup=3, postgres_url=None)
+                   startup_reps=1, warmup=3, postgres_url=None, seed_rows=2000)
 
 
 @dataclass
@@ -311,13 +314,14 @@ def _registry(binance: bool = True) -> Any:
     return PluginRegistry(load_entrypoints=False, disabled=(), plugins=plugins)
 
 
-def bagbot_router(url: str) -> Any:
+def bagbot_router(url: str, risk_config: Any = None) -> Any:
     from bagbot_core.router import Router
 
     key, secret = _credentials()
+    extra = {} if risk_config is None else {"risk_config": risk_config}
     return Router(_registry(), connector_config={"binance": {
         "api_key": key, "api_secret": secret, "api_url": url, "enable_rate_limit": False,
-    }})
+    }}, **extra)
 
 
 async def _timed(count: int, one: Callable[[int], Awaitable[Any]]) -> Sample:
@@ -374,12 +378,18 @@ async def floor_sequential(cfg: Config, server: FakeServerProcess, url: str) -> 
         await exchange.close()
 
 
-async def bagbot_sequential(cfg: Config, server: FakeServerProcess, url: str) -> Sample:
-    router = bagbot_router(server.url)
+async def bagbot_sequential(cfg: Config, server: FakeServerProcess, url: str, *,
+                            controls: bool = False) -> Sample:
+    """``controls``: every risk control on (:mod:`benchmarks.risk`)."""
+    from benchmarks import risk
+
+    router = bagbot_router(server.url, risk.risk_config() if controls else None)
     session = _sync_session(url)
+    sent = iter(range(10**9))  # warm-up and timed orders cycle through amounts together
     try:
         async def one(_: int) -> None:
-            await router.route_order("binance", PAYLOAD, session, USER)
+            payload = risk.payload(next(sent), AMOUNT) if controls else PAYLOAD
+            await router.route_order("binance", payload, session, USER)
 
         await _timed(cfg.warmup, one)
         server.reset()
@@ -537,6 +547,12 @@ SCENARIOS: dict[str, tuple[str, str, float | None, tuple[str, str]]] = {
     "plugins": ("6. `bagbot plugins` (wall, s)", "absolute", 0.3, ("limit", "bagbot")),
     "pg_seq": ("7. PostgreSQL sequential", "latency", 1.5, ("floor", "bagbot")),
     "pg_conc": ("7. PostgreSQL concurrent, 20 ms", "throughput", 0.8, ("floor", "bagbot")),
+    "risk": ("8. every risk control on vs the floor", "latency", 1.3, ("floor", "bagbot")),
+    "rows": ("8. controls on: 100,000 rows vs empty", "latency", 1.1, ("empty", "100k")),
+    "pg_risk": ("8. PostgreSQL, every risk control on vs the floor", "latency", 1.3,
+                ("floor", "bagbot")),
+    "pg_rows": ("8. PostgreSQL, controls on: 100,000 rows vs empty", "latency", 1.1,
+                ("empty", "100k")),
 }
 
 
@@ -558,7 +574,8 @@ async def _pair(scenario: Scenario, rep: int,
 
 async def run_async(cfg: Config, log: Callable[[str], None], scenarios: dict[str, Scenario],
                     dbs: Databases) -> None:
-    wanted = [k for k in ("seq", "seq5", "naive", "conc", "paper", "pg_seq", "pg_conc")
+    wanted = [k for k in ("seq", "seq5", "naive", "conc", "paper", "pg_seq", "pg_conc",
+                          "risk", "rows", "pg_risk", "pg_rows")
               if not cfg.only or k in cfg.only]
     needs_exchange = any(k != "paper" for k in wanted)
     server = FakeServerProcess() if needs_exchange else None
@@ -584,6 +601,12 @@ async def run_async(cfg: Config, log: Callable[[str], None], scenarios: dict[str
                 "pg_seq": f"N={cfg.n}, fake adds 0 ms; PostgreSQL (psycopg 3), default "
                           "isolation, a fresh schema",
                 "pg_conc": f"{conc}; PostgreSQL",
+                "risk": f"N={cfg.n}, fake adds 0 ms; every control on; {DB_SETTINGS}",
+                "rows": f"N={cfg.n}, fake adds 0 ms; every control on; {cfg.seed_rows:,} rows "
+                        f"(100 users, 30 days) vs an empty table; {DB_SETTINGS}",
+                "pg_risk": f"N={cfg.n}, fake adds 0 ms; every control on; PostgreSQL",
+                "pg_rows": f"N={cfg.n}, fake adds 0 ms; every control on; {cfg.seed_rows:,} "
+                           "rows vs an empty table; PostgreSQL, analyzed",
             }[key]
             scenarios[key] = _new(key, settings)
         for rep in range(cfg.reps):
@@ -607,6 +630,29 @@ async def run_async(cfg: Config, log: Callable[[str], None], scenarios: dict[str
                     await _pair(scenario, rep, {
                         "floor": lambda d=new_db: floor_concurrent(cfg, server, d()),
                         "bagbot": lambda d=new_db: bagbot_concurrent(cfg, server, d()),
+                    })
+                elif key in ("risk", "pg_risk"):
+                    server.set_latency(0)
+                    new_db = dbs.postgres if key == "pg_risk" else dbs.sqlite
+                    await _pair(scenario, rep, {
+                        "floor": lambda d=new_db: floor_sequential(cfg, server, d()),
+                        "bagbot": lambda d=new_db: bagbot_sequential(cfg, server, d(),
+                                                                     controls=True),
+                    })
+                elif key in ("rows", "pg_rows"):
+                    server.set_latency(0)
+                    new_db = dbs.postgres if key == "pg_rows" else dbs.sqlite
+
+                    def seeded(d: Callable[[], str] = new_db) -> str:
+                        url = d()
+                        seed(url, USER, rows=cfg.seed_rows)
+                        return url
+
+                    await _pair(scenario, rep, {
+                        "empty": lambda d=new_db: bagbot_sequential(cfg, server, d(),
+                                                                    controls=True),
+                        "100k": lambda s=seeded: bagbot_sequential(cfg, server, s(),
+                                                                   controls=True),
                     })
                 elif key == "paper":
                     await _pair(scenario, rep, {

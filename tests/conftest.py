@@ -25,6 +25,17 @@ settings.register_profile("bagbot", deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("BAGBOT_HYPOTHESIS_PROFILE", "bagbot"))
 
+@pytest.fixture(scope="session", autouse=True)
+def no_risk_config_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A developer's own risk config (``BAGBOT_CONFIG``, ``~/.config/bagbot/bagbot.toml``)
+    never changes what a test's router checks."""
+    patch = pytest.MonkeyPatch()
+    patch.delenv("BAGBOT_CONFIG", raising=False)
+    patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A URL into a fresh schema of the PostgreSQL server, dropped after the run.

@@ -55,6 +55,8 @@ class ScriptedExchange:
     create_calls: int = 0
     factory_calls: int = 0
     quote_calls: int = 0
+    #: Raised by ``fetch_quote`` while set (the exchange's ticker is down).
+    quote_error: Exception | None = None
     ids: Any = attrs.Factory(lambda: itertools.count(1000))
 
     def script(self, *behaviours: str) -> None:
@@ -74,6 +76,8 @@ class ScriptedConnector(Connector):
 
     async def fetch_quote(self, symbol: str) -> Quote:
         self.exchange.quote_calls += 1
+        if self.exchange.quote_error is not None:
+            raise self.exchange.quote_error
         return Quote(symbol, self.exchange.bid, self.exchange.ask, time.monotonic())
 
     async def create_order(self, order: OrderRequest, client_order_id: str) -> ExchangeOrder:

@@ -30,11 +30,13 @@ from bagbot_core.status import OrderStatus
 from tests.scripted import ScriptedExchange, scripted_plugin
 
 BAGBOT_SCRIPT = Path(sys.executable).with_name("bagbot")
-RISK_CHECKS = ["max_quantity", "max_value", "min_quantity", "valid_side", "valid_symbol"]
+RISK_CHECKS = ["max_quantity", "max_value", "min_quantity", "valid_side", "valid_symbol",
+               "price_collar", "duplicate_order", "order_rate", "max_open_orders",
+               "daily_notional", "max_position", "trading_state"]
 _ENV_TO_CLEAR = (
     "BAGBOT_DATABASE_URL", "BAGBOT_LOG_FILE", "BAGBOT_LOG_FORMAT", "BAGBOT_LOG_LEVEL",
     "BAGBOT_ALLOW_LIVE", "BAGBOT_DISABLE_PLUGINS", "BAGBOT_TRACE_HOOKS", "BAGBOT_USER",
-    "BAGBOT_SKIP_RISK_CHECKS",
+    "BAGBOT_SKIP_RISK_CHECKS", "BAGBOT_CONFIG",
     "MAX_ORDER_QTY", "MAX_ORDER_VALUE_USD", "MIN_ORDER_QTY",
 )
 
@@ -45,6 +47,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
     for name in _ENV_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))  # no risk config file
     monkeypatch.setenv("USER", "tester")
     saved_config, saved_configured = structlog.get_config(), audit._configured
     set_router(None)
@@ -539,7 +542,8 @@ def test_main_returns_the_exit_code(url: str, capsys: pytest.CaptureFixture[str]
 
 def _subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _ENV_TO_CLEAR}
-    env.update(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"), **extra)
+    env.update(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"),
+               XDG_CONFIG_HOME=str(tmp_path / "xdg-config"), **extra)
     return env
 
 

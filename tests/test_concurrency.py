@@ -20,14 +20,22 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_workers(url: str, specs: list[dict[str, str]]) -> list[dict[str, object]]:
-    start_at = time.time() + 2.0
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BAGBOT_LOG_LEVEL": "error"}
+def run_workers(url: str, specs: list[dict[str, str]], *, site: Path | None = None,
+                env: dict[str, str] | None = None) -> list[dict[str, object]]:
+    """Run one ``tests.workers`` process per spec, started together; their JSON answers.
+
+    ``site``: a directory of installed plugin distributions to load (``--entrypoints``);
+    ``env``: extra environment (the plugins' settings).
+    """
+    start_at = time.time() + (4.0 if site else 2.0)  # loading plugins takes longer
+    path = os.pathsep.join([str(site), str(ROOT)]) if site else str(ROOT)
+    environ = {**os.environ, **(env or {}), "PYTHONPATH": path, "BAGBOT_LOG_LEVEL": "error"}
+    flags = ["--entrypoints"] if site else []
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.workers", "--url", url, "--start-at", str(start_at),
-             *[part for key, value in spec.items() for part in (f"--{key}", value)]],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+             *flags, *[part for key, value in spec.items() for part in (f"--{key}", value)]],
+            cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for spec in specs
     ]
@@ -35,7 +43,7 @@ def run_workers(url: str, specs: list[dict[str, str]]) -> list[dict[str, object]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out))
+        results.append({**json.loads(out), "start_at": start_at})
     return results
 
 

@@ -18,7 +18,8 @@ from bagbot_core.paper import models as _paper_models  # noqa: F401 - registers 
 def fresh_engine(url: str) -> object:
     engine = create_engine(url)
     with engine.begin() as conn:
-        for table in ("paper_orders", "paper_balances", "orders", "alembic_version"):
+        for table in ("trading_state_changes", "trading_states", "paper_orders",
+                      "paper_balances", "orders", "alembic_version"):
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     return engine
 
@@ -107,3 +108,28 @@ def test_cli_db_upgrade(sqlite_url: str) -> None:
     again = runner.invoke(main, ["--database-url", sqlite_url, "db", "upgrade"])
     assert "already at schema revision" in again.output
     assert runner.invoke(main, ["--database-url", sqlite_url, "orders", "list"]).exit_code == 0
+
+
+def test_risk_history_revision_keeps_rows_and_adds_the_indexes(db_url: str) -> None:
+    from sqlalchemy import inspect
+
+    engine = fresh_engine(db_url)
+    upgrade(engine, "0002")  # type: ignore[arg-type]
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text(
+            "INSERT INTO orders (user_id, symbol, qty, requested_qty, price, side, status, "
+            "created_at, updated_at, client_order_id, connector, order_type, testnet, "
+            "filled_qty) VALUES ('u', 'BTC/USDT', '0.5', '0.5', '100', 'buy', 'open', :ts, "
+            ":ts, 'old-1', 'paper', 'limit', true, '0')"), {"ts": "2026-01-01 00:00:00+00:00"})
+    upgrade(engine, "0003")  # type: ignore[arg-type]
+    indexes = {ix["name"]: ix["column_names"]
+               for ix in inspect(engine).get_indexes("orders")}  # type: ignore[arg-type]
+    assert indexes["ix_orders_user_testnet_created_at"] == ["user_id", "testnet", "created_at"]
+    assert indexes["ix_orders_user_status"] == ["user_id", "status", "testnet"]
+    assert indexes["ix_orders_position"][:3] == ["user_id", "testnet", "symbol"]
+    upgrade(engine)  # type: ignore[arg-type]
+    with session_factory(engine)() as db:  # type: ignore[arg-type]
+        (row,) = db.scalars(select(Order))
+    # Written before notional_usd existed: not valued (History counts no live remainder).
+    assert row.notional_usd is None and row.qty == Decimal("0.5")
+    engine.dispose()  # type: ignore[attr-defined]

@@ -198,8 +198,10 @@ def test_builtins_register_like_any_plugin() -> None:
     infos = {i.provenance.plugin: i for i in registry.plugin_infos()}
     assert infos["paper"].connectors == ("paper",)
     assert infos["paper"].provenance.distribution == "bagbot-core"
-    assert infos["risk"].risk_checks == ("max_quantity", "max_value", "min_quantity",
-                                         "valid_side", "valid_symbol")
+    assert infos["risk"].risk_checks == (
+        "max_quantity", "max_value", "min_quantity", "valid_side", "valid_symbol",
+        "price_collar", "duplicate_order", "order_rate", "max_open_orders", "daily_notional",
+        "max_position", "trading_state")
 
 
 def test_disable_and_unregister_from_code() -> None:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from bagbot_core.errors import ConfigurationError
 from bagbot_core.orders import Market, OrderRequest, OrderType, Quote, Side
-from bagbot_core.risk import RiskCheck, RiskContext, RiskLimits, RiskViolation, run_checks
+from bagbot_core.risk import RiskCheck, RiskContext, RiskLimits, RiskViolation
+from bagbot_core.risk import run_checks_sync as run_checks
 from bagbot_core.risk_checks import BUILTIN_CHECKS
 
 MARKETS = {

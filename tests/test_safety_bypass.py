@@ -28,7 +28,9 @@ from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
 from tests.scripted import ScriptedExchange, scripted_plugin
 
-ALL_CHECKS = ["max_quantity", "max_value", "min_quantity", "valid_side", "valid_symbol"]
+ALL_CHECKS = ["max_quantity", "max_value", "min_quantity", "valid_side", "valid_symbol",
+              "price_collar", "duplicate_order", "order_rate", "max_open_orders",
+              "daily_notional", "max_position", "trading_state"]
 #: 50 BTC at ~50,000 USDT: over the quantity limit (10) and the value limit (100,000).
 HUGE_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "50"}
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 
 from bagbot_core.db import get_engine, session_factory
-from bagbot_core.errors import BagbotError
+from bagbot_core.errors import BagbotError, RiskCheckError
 from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
@@ -23,28 +23,38 @@ from tests.scripted import ScriptedExchange, scripted_plugin
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     exchange = ScriptedExchange()
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
+    # --entrypoints: installed plugins too (a third-party risk plugin under test).
+    registry = PluginRegistry(disabled=(), load_entrypoints=args.entrypoints,
                               plugins=[("scripted", scripted_plugin(exchange))])
     router = Router(registry, limits=RiskLimits())
     factory = session_factory(get_engine(args.url))
     errors: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
     # Start together: the point is contention.
     await asyncio.sleep(max(0.0, args.start_at - time.time()))
+    started = time.perf_counter()
     with factory() as db:
         for i in range(args.n):
-            payload = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.01"}
+            payload = {"symbol": "BTC/USDT", "side": "buy", "type": "market",
+                       "amount": args.amount}
             if args.keys:
                 payload["client_order_id"] = f"{args.keys}-{i}"
             try:
                 order = await router.route_order("scripted", payload, db, args.user)
                 statuses[order.status] += 1
+            except RiskCheckError as exc:
+                errors[type(exc).__name__] += 1
+                refused.update(v.check for v in exc.violations)
             except BagbotError as exc:
                 errors[type(exc).__name__] += 1
             except Exception as exc:  # anything outside the hierarchy is a finding
                 errors[f"UNEXPECTED {type(exc).__name__}: {exc}"] += 1
+    elapsed = time.perf_counter() - started
     await router.aclose()
-    return {"statuses": statuses, "errors": errors, "create_calls": exchange.create_calls}
+    return {"statuses": statuses, "errors": errors, "refused": refused,
+            "create_calls": exchange.create_calls, "elapsed": elapsed,
+            "finished_at": time.time()}
 
 
 if __name__ == "__main__":
@@ -54,5 +64,7 @@ if __name__ == "__main__":
     parser.add_argument("--user", default="worker")
     parser.add_argument("--keys", default="", help="client order id prefix (idempotency races)")
     parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--amount", default="0.01", help="BTC per market buy")
+    parser.add_argument("--entrypoints", action="store_true", help="load installed plugins")
     result = asyncio.run(main(parser.parse_args()))
     json.dump(result, sys.stdout)

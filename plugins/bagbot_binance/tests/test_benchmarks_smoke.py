@@ -22,12 +22,12 @@ def test_quick_harness_runs_the_binance_scenarios(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--only", "seq", "seq5", "naive",
-         "conc", "--json", str(out)],
+         "conc", "risk", "rows", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert set(data["scenarios"]) == {"seq", "seq5", "naive", "conc"}
+    assert set(data["scenarios"]) == {"seq", "seq5", "naive", "conc", "risk", "rows"}
     for key, scenario in data["scenarios"].items():
         assert len(scenario["ratios"]) == 1, key
         assert scenario["ratio_median"] > 0, key
@@ -40,3 +40,7 @@ def test_quick_harness_runs_the_binance_scenarios(tmp_path: Path) -> None:
     naive = data["scenarios"]["naive"]["samples"]["naive"][0]
     assert naive["requests"]["GET /api/v3/exchangeInfo"] == naive["n"]
     assert "| 4. concurrent, fake adds 20 ms |" in result.stdout
+    # Every risk control on: still one order request per order, every order accepted.
+    for key, side in (("risk", "bagbot"), ("rows", "empty"), ("rows", "100k")):
+        sample = data["scenarios"][key]["samples"][side][0]
+        assert sample["requests"].get("POST /api/v3/order") == sample["n"], (key, side)

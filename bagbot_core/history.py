@@ -1,0 +1,399 @@
+"""What risk checks may know about past orders: a read-only view of the router's own rows.
+
+A stateful check (daily notional, order rate, open orders, position) must count what other
+processes routed a moment ago. The router therefore builds one :class:`History` per order,
+bound to the transaction that holds the per-user lock and will insert the order's
+``pending`` row: every answer includes every order committed before this one, and no order of
+the same user can be committed until this one is (see :meth:`bagbot_core.router.Router.
+route_order`). A check never opens an engine of its own -- it could be another database.
+
+Money is summed in Python with an exact decimal context, over indexed row sets: SQLite keeps
+decimals as text (:class:`~bagbot_core.models.ExactDecimal`) and its ``SUM`` would go through
+binary floating point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import functools
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any, Final, NamedTuple, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    not_,
+    or_,
+    select,
+    type_coerce,
+)
+from sqlalchemy.orm import Session
+
+from bagbot_core.models import Order
+from bagbot_core.money import MAX_SCALE, normalize
+from bagbot_core.orders import OrderRequest, Side
+from bagbot_core.status import OrderStatus
+from bagbot_core.views import OrderView
+
+__all__ = ["ALL_USERS", "LIVE_STATUSES", "TRADED_STATUSES", "History", "order_value_usd"]
+
+T = TypeVar("T")
+
+
+class _AllUsers:
+    """The type of :data:`ALL_USERS`."""
+
+    def __repr__(self) -> str:
+        return "ALL_USERS"
+
+
+#: Pass as ``user_id`` for a query over every user (e.g. a connector-wide order rate).
+ALL_USERS: Final = _AllUsers()
+
+UserFilter = str | None | _AllUsers
+
+#: Rows that may be on the exchange: they count as live exposure.
+LIVE_STATUSES: Final = frozenset({OrderStatus.PENDING, OrderStatus.OPEN,
+                                  OrderStatus.PARTIALLY_FILLED, OrderStatus.UNKNOWN})
+#: Rows whose filled part has traded and whose rest never will.
+TRADED_STATUSES: Final = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED,
+                                    OrderStatus.EXPIRED})
+_LIVE = tuple(s.value for s in LIVE_STATUSES)
+_REJECTED = OrderStatus.REJECTED.value
+# Wide enough that no sum of NUMERIC(38, 18) products is ever rounded.
+_EXACT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999, traps=[decimal.Inexact])
+_SCALE = Decimal(1).scaleb(-MAX_SCALE)
+_ZERO = Decimal(0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _usd_quoted(symbol: str) -> bool:
+    """Is the symbol's quote a USD currency, as :attr:`RiskContext.notional_usd` decides?"""
+    from bagbot_core.risk import USD_QUOTES
+
+    return symbol.partition("/")[2].upper() in USD_QUOTES
+
+
+def _share(value: Decimal, part: Decimal, whole: Decimal) -> Decimal:
+    """``value * part / whole``, exact, or rounded up at the 18th decimal place.
+
+    Rounding up keeps a limit safe: a share of an order's value is never under-counted.
+    """
+    context = _EXACT.copy()
+    context.traps[decimal.Inexact] = False
+    return context.divide(context.multiply(value, part), whole).quantize(
+        _SCALE, rounding=decimal.ROUND_CEILING, context=context)
+
+
+def order_value_usd(status: str, symbol: str, qty: Decimal, filled: Decimal | None,
+                    avg_price: Decimal | None, notional_usd: Decimal | None) -> Decimal:
+    """One row's USD exposure, as :meth:`History.notional_since` counts it.
+
+    The traded part is ``filled * avg_price`` for a symbol quoted in a USD currency (else the
+    filled share of ``notional_usd``); a live row adds its unfilled share of
+    ``notional_usd``, the value its checks saw. ``rejected`` is worth nothing; so is an order
+    that was never valued in USD (``notional_usd`` empty: not a USD quote, or a row written
+    before bagbot stored it) beyond what it traded.
+    """
+    with decimal.localcontext(_EXACT):
+        return _value(status, symbol, qty, filled, avg_price, notional_usd)
+
+
+def _value(status: str, symbol: str, qty: Decimal, filled: Decimal | None,
+           avg_price: Decimal | None, notional_usd: Decimal | None) -> Decimal:
+    """:func:`order_value_usd`, for a caller that holds the exact context."""
+    if status == _REJECTED:
+        return _ZERO
+    if not filled:  # the common rows first: unfilled, and filled at a USD price
+        return notional_usd if notional_usd is not None and status in _LIVE else _ZERO
+    if status not in _LIVE and avg_price is not None and _usd_quoted(symbol):
+        return filled * avg_price
+    total = _ZERO
+    if avg_price is not None and _usd_quoted(symbol):
+        total += filled * avg_price
+    elif notional_usd is not None and qty > 0:
+        total += _share(notional_usd, min(filled, qty), qty)
+    remaining = qty - filled
+    if status in _LIVE and notional_usd is not None and remaining > 0:
+        total += _share(notional_usd, remaining, qty)
+    return total
+
+
+def _asset_pattern(asset: str) -> str:
+    escaped = asset.upper().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{escaped}/%"
+
+
+class History:
+    """Read-only view of the router's own database, inside the routing transaction.
+
+    Every query is scoped to the context's ``testnet`` flag (testnet orders never count
+    against live limits and vice versa). ``user_id=None`` means the order's user;
+    :data:`ALL_USERS` means every user. ``connector=None`` means every connector, except in
+    :meth:`find_duplicate` (there: the order's connector). ``since`` is inclusive and must be
+    timezone-aware.
+
+    Live exposure = rows pending/open/partially_filled/unknown; traded = filled, and the
+    filled part of canceled/expired (and of a live row); rejected counts for nothing.
+
+    :param db: the ``Session`` or ``AsyncSession`` whose transaction the router holds. The
+        view never commits: outside the router, the caller ends the transaction.
+    """
+
+    def __init__(self, db: Any, user_id: str, connector: str, testnet: bool = True) -> None:
+        self._db = db
+        self._is_async = hasattr(db, "run_sync")
+        self.user_id = user_id
+        self.connector = connector
+        self.testnet = testnet
+
+    def __repr__(self) -> str:
+        return (f"History(user_id={self.user_id!r}, connector={self.connector!r}, "
+                f"testnet={self.testnet})")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(session, *args)`` on the routing transaction's synchronous ``Session``.
+
+        For a module's own read query (e.g. the trading state). ``fn`` must not commit,
+        roll back or write: the transaction, and its lock, belong to the router.
+        """
+        if self._is_async:
+            return await self._db.run_sync(fn, *args)  # type: ignore[no-any-return]
+        return fn(self._db, *args)
+
+    # -- queries ------------------------------------------------------------------------
+    # Statements are built once per shape (which filters, which dialect) with bound
+    # parameters: building SQLAlchemy expressions per order would cost more than running
+    # the indexed queries.
+
+    def _scope(self, user_id: UserFilter, connector: str | None,
+               symbol: str | None = None) -> tuple[_Shape, dict[str, Any]]:
+        params: dict[str, Any] = {"testnet": self.testnet}
+        if user_id is None:
+            params["user_id"] = self.user_id
+        elif not isinstance(user_id, _AllUsers):
+            params["user_id"] = user_id
+        if connector is not None:
+            params["connector"] = connector
+        if symbol is not None:
+            params["symbol"] = symbol.upper()
+        return _Shape("user_id" in params, connector is not None, symbol is not None), params
+
+    async def _scalar(self, kind: str, shape: _Shape, params: dict[str, Any]) -> Any:
+        def scalar(session: Session) -> Any:
+            connection = session.connection()
+            return connection.scalar(_statement(kind, connection.dialect.name, shape), params)
+
+        return await self.run(scalar)
+
+    async def open_orders(self, *, user_id: UserFilter = None, symbol: str | None = None,
+                          connector: str | None = None) -> int:
+        """How many live rows (pending, open, partially filled, unknown) there are."""
+        shape, params = self._scope(user_id, connector, symbol)
+        return int(await self._scalar("open", shape, params) or 0)
+
+    async def orders_since(self, since: dt.datetime, *, user_id: UserFilter = None,
+                           symbol: str | None = None, connector: str | None = None) -> int:
+        """How many orders (any status but rejected) were created at or after ``since``."""
+        shape, params = self._scope(user_id, connector, symbol)
+        return int(await self._scalar("since", shape, {**params, "since": since}) or 0)
+
+    async def notional_since(self, since: dt.datetime, *, user_id: UserFilter = None,
+                             connector: str | None = None) -> Decimal:
+        """USD value of the orders created at or after ``since`` (see
+        :func:`order_value_usd`): traded parts at ``filled * avg_price``, live remainders at
+        their share of the notional their checks saw."""
+        shape, params = self._scope(user_id, connector)
+        params["since"] = since
+
+        def notional(session: Session) -> Decimal:
+            connection = session.connection()
+            dialect = connection.dialect.name
+            rows: Any
+            if dialect == "postgresql":
+                # NUMERIC arithmetic is exact: the database sums the rows whose value is a
+                # product or a column, and returns the partly filled rest (rare) as arrays.
+                summed, *columns = connection.execute(
+                    _statement("notional", dialect, shape), params).one()
+                total = Decimal(summed)
+                rows = zip(*columns, strict=True) if columns[0] else ()
+            else:
+                total = Decimal(0)
+                rows = connection.execute(_statement("notional", dialect, shape), params)
+            with decimal.localcontext(_EXACT):
+                for status, symbol, qty, filled, avg, value in rows:
+                    total += _value(status, symbol, Decimal(qty), Decimal(filled),
+                                    None if avg is None else Decimal(avg),
+                                    None if value is None else Decimal(value))
+            return normalize(total)
+
+        return await self.run(notional)
+
+    async def position(self, asset: str, *, user_id: UserFilter = None,
+                       connector: str | None = None) -> Decimal:
+        """Net filled quantity of ``asset``: filled buys minus filled sells, over every
+        symbol whose base is ``asset`` (any quote), all time."""
+        shape, params = self._scope(user_id, connector)
+        params.update(_asset_params(asset))
+
+        def position(session: Session) -> Decimal:
+            connection = session.connection()
+            dialect = connection.dialect.name
+            if dialect == "postgresql":
+                return _sum([_decimal(connection.scalar(
+                    _statement("position", dialect, shape), params))])
+            return _sum(Decimal(filled) if side == "buy" else -Decimal(filled)
+                        for side, filled in connection.execute(
+                            _statement("position", dialect, shape), params))
+
+        return await self.run(position)
+
+    async def live_quantity(self, asset: str, side: Side, *, user_id: UserFilter = None,
+                            connector: str | None = None) -> Decimal:
+        """Unfilled quantity (``qty - filled``) of the live ``side`` orders on ``asset``."""
+        shape, params = self._scope(user_id, connector)
+        params.update(_asset_params(asset), side=Side(side).value)
+
+        def live(session: Session) -> Decimal:
+            connection = session.connection()
+            rows = connection.execute(
+                _statement("live", connection.dialect.name, shape), params)
+            return _sum(max(Decimal(qty) - Decimal(filled or 0), Decimal(0))
+                        for qty, filled in rows)
+
+        return await self.run(live)
+
+    async def find_duplicate(self, since: dt.datetime, order: OrderRequest, *,
+                             user_id: UserFilter = None,
+                             connector: str | None = None) -> OrderView | None:
+        """The newest non-rejected order created at or after ``since`` with the same user,
+        connector, symbol, side, type, amount (as asked, or as sent) and price, under
+        another client order id; ``None`` if there is none."""
+        shape, params = self._scope(user_id, self.connector if connector is None else connector,
+                                    order.symbol)
+        params.update(since=since, side=Side(order.side).value, order_type=str(order.type),
+                      amount=order.amount, price=order.price)
+        kind = "duplicate" if order.price is not None else "duplicate_market"
+
+        def find(session: Session) -> OrderView | None:
+            statement = _statement(kind, session.connection().dialect.name, shape)
+            row: Order
+            for row in session.scalars(statement, params):
+                if order.client_order_id is not None and (
+                        row.client_order_id == order.client_order_id):
+                    continue
+                if order.amount in (row.qty, row.requested_qty) and row.price == order.price:
+                    return row.view()
+            return None
+
+        return await self.run(find)
+
+
+class _Shape(NamedTuple):
+    """Which filters a query has (the testnet flag always)."""
+
+    user: bool
+    connector: bool
+    symbol: bool
+
+
+def _asset_params(asset: str) -> dict[str, str]:
+    """The LIKE pattern for "base is ``asset``", and the same as a key range (SQLite)."""
+    base = asset.upper()
+    return {"pattern": _asset_pattern(base), "low": f"{base}/", "high": f"{base}0"}
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(kind: str, dialect: str, shape: _Shape) -> Any:
+    """The statement for one query shape, with bound parameters (built once)."""
+    where: list[ColumnElement[bool]] = [Order.testnet == bindparam("testnet")]
+    if shape.user:
+        where.append(Order.user_id == bindparam("user_id"))
+    if shape.connector:
+        where.append(Order.connector == bindparam("connector"))
+    if shape.symbol:
+        where.append(Order.symbol == bindparam("symbol"))
+    since = Order.created_at >= bindparam("since")
+    not_rejected = Order.status != _REJECTED
+    base_is: ColumnElement[bool] = Order.symbol.like(bindparam("pattern"), escape="\\")
+    if dialect == "sqlite":
+        # SQLite compares text by bytes: the range lets the position index serve the
+        # pattern (LIKE alone cannot use it; PostgreSQL's collations may not sort that way).
+        base_is = and_(base_is, Order.symbol >= bindparam("low"),
+                       Order.symbol < bindparam("high"))
+    if kind == "open":
+        return select(func.count()).select_from(Order).where(*where, Order.status.in_(_LIVE))
+    if kind == "since":
+        return select(func.count()).select_from(Order).where(*where, since, not_rejected)
+    if kind == "notional":
+        where += [since, not_rejected]
+        if dialect != "postgresql":
+            return select(Order.status, Order.symbol, *_RAW_MONEY).where(*where)
+        simple = or_(Order.filled_qty == Decimal(0), and_(
+            Order.status.not_in(_LIVE), Order.avg_price.is_not(None), _usd_sql()))
+        value = case(
+            (Order.filled_qty == Decimal(0), case(
+                (Order.status.in_(_LIVE), func.coalesce(Order.notional_usd, 0)), else_=0)),
+            else_=Order.filled_qty * Order.avg_price)
+        return select(
+            func.coalesce(func.sum(value).filter(simple), 0),
+            *(func.array_agg(column).filter(not_(simple))
+              for column in (Order.status, Order.symbol, *_RAW_MONEY)),
+        ).where(*where)
+    if kind == "position":
+        where += [base_is, Order.filled_qty != Decimal(0), not_rejected]
+        if dialect == "postgresql":
+            return select(func.coalesce(func.sum(case(
+                (Order.side == Side.BUY.value, Order.filled_qty), else_=-Order.filled_qty)), 0)
+            ).where(*where)
+        return select(Order.side, _raw(Order.filled_qty)).where(*where)
+    if kind == "live":
+        return select(_raw(Order.qty), _raw(Order.filled_qty)).where(
+            *where, Order.status.in_(_LIVE), Order.side == bindparam("side"), base_is)
+    if kind in ("duplicate", "duplicate_market"):
+        # Equal decimals are equal text on SQLite: bagbot stores the canonical form.
+        price = (Order.price == bindparam("price") if kind == "duplicate"
+                 else Order.price.is_(None))
+        return select(Order).where(
+            *where, since, not_rejected, Order.side == bindparam("side"),
+            Order.order_type == bindparam("order_type"), price,
+            or_(Order.qty == bindparam("amount"), Order.requested_qty == bindparam("amount")),
+        ).order_by(Order.created_at.desc(), Order.id.desc())
+    raise ValueError(kind)
+
+
+def _raw(column: Any) -> Any:
+    """A money column as the driver returns it: text on SQLite, Decimal on PostgreSQL
+    (skips normalising every row: only the sum is normalised)."""
+    return type_coerce(column, String())
+
+
+_RAW_MONEY = (_raw(Order.qty), _raw(Order.filled_qty), _raw(Order.avg_price),
+              _raw(Order.notional_usd))
+
+
+def _decimal(value: Any) -> Any:
+    return None if value is None else Decimal(value)
+
+
+def _usd_sql() -> ColumnElement[bool]:
+    """:func:`_usd_quoted` in SQL (PostgreSQL)."""
+    from bagbot_core.risk import USD_QUOTES
+
+    slash = func.strpos(Order.symbol, "/")
+    return and_(slash > 0, func.upper(func.substr(Order.symbol, slash + 1)).in_(
+        sorted(USD_QUOTES)))
+
+
+def _sum(values: Iterable[Decimal]) -> Decimal:
+    total = Decimal(0)
+    with decimal.localcontext(_EXACT):
+        for value in values:
+            total += value
+    return normalize(total)
