@@ -1,12 +1,17 @@
-"""Shared fixtures: real databases (SQLite files, the PostgreSQL server) and routers."""
+"""Shared fixtures: real databases (SQLite files, the PostgreSQL server), routers, audit events
+and a clean environment for the command line."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -18,6 +23,7 @@ from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router, set_router
 from bagbot_core.testing.databases import postgres_schema_url
+from tests import environment
 from tests.scripted import ScriptedExchange, scripted_plugin
 
 # Shared CI machines are noisy: no per-example deadline; failures print a reproduction blob.
@@ -83,6 +89,16 @@ def log_stream_json() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
+def events(log_stream_json: io.StringIO) -> Callable[[str], list[dict[str, Any]]]:
+    """``events(name)``: the test's audit events of that name, parsed."""
+    def named(name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in log_stream_json.getvalue().splitlines()]
+        return [e for e in lines if e.get("event") == name]
+
+    return named
+
+
+@pytest.fixture
 def exchange() -> ScriptedExchange:
     return ScriptedExchange()
 
@@ -100,3 +116,29 @@ async def router(registry: PluginRegistry) -> object:
     yield r
     set_router(None)
     await r.aclose()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No setting leaks in; nothing is written outside tmp_path; global state is restored."""
+    for name in environment.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))  # no risk config file
+    monkeypatch.setenv("USER", "tester")
+    saved_config, saved_configured = structlog.get_config(), audit._configured
+    set_router(None)
+    yield
+    set_router(None)
+    structlog.configure(**saved_config)
+    audit._configured = saved_configured
+
+
+@pytest.fixture
+def scripted(registry: PluginRegistry, exchange: ScriptedExchange) -> ScriptedExchange:
+    """``exchange``, behind a router the command line uses (installed globally)."""
+    set_router(Router(registry, limits=RiskLimits(), allow_live=False))
+    return exchange

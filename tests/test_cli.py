@@ -8,53 +8,30 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session
 
-from bagbot_core import audit, store
+from bagbot_core import store
 from bagbot_core.cli import cli, format_table, main, order_row
 from bagbot_core.db import get_engine, session_factory
 from bagbot_core.models import Order
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
-from bagbot_core.router import Router, set_router
+from bagbot_core.router import set_router
 from bagbot_core.status import OrderStatus
-from tests.scripted import ScriptedExchange, scripted_plugin
+from tests import environment
+from tests.scripted import ScriptedExchange
+
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 BAGBOT_SCRIPT = Path(sys.executable).with_name("bagbot")
 RISK_CHECKS = ["max_quantity", "max_value", "min_quantity", "valid_side", "valid_symbol",
                "price_collar", "duplicate_order", "order_rate", "max_open_orders",
                "daily_notional", "max_position", "trading_state"]
-_ENV_TO_CLEAR = (
-    "BAGBOT_DATABASE_URL", "BAGBOT_LOG_FILE", "BAGBOT_LOG_FORMAT", "BAGBOT_LOG_LEVEL",
-    "BAGBOT_ALLOW_LIVE", "BAGBOT_DISABLE_PLUGINS", "BAGBOT_TRACE_HOOKS", "BAGBOT_USER",
-    "BAGBOT_SKIP_RISK_CHECKS", "BAGBOT_CONFIG",
-    "MAX_ORDER_QTY", "MAX_ORDER_VALUE_USD", "MIN_ORDER_QTY",
-)
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No setting leaks in; nothing is written outside tmp_path; global state is restored."""
-    for name in _ENV_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))  # no risk config file
-    monkeypatch.setenv("USER", "tester")
-    saved_config, saved_configured = structlog.get_config(), audit._configured
-    set_router(None)
-    yield
-    set_router(None)
-    structlog.configure(**saved_config)
-    audit._configured = saved_configured
 
 
 @pytest.fixture
@@ -243,16 +220,6 @@ def test_exchange_refusal_is_one_line(runner: CliRunner, url: str,
     line = one_error_line(run(runner, url, "route", "BTC/USDT", "buy", "9"), 1)
     assert "insufficient balance" in line  # 9 BTC cost more than paper's 100000 USDT
     assert "recorded as rejected" in line
-
-
-@pytest.fixture
-def scripted(url: str) -> ScriptedExchange:
-    """A router whose ``scripted`` connector does what the test says (installed globally)."""
-    exchange = ScriptedExchange()
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
-                              plugins=[("scripted", scripted_plugin(exchange))])
-    set_router(Router(registry, limits=RiskLimits(), allow_live=False))
-    return exchange
 
 
 def test_unknown_status_says_do_not_resend_and_exits_3(runner: CliRunner, url: str,
@@ -541,7 +508,7 @@ def test_main_returns_the_exit_code(url: str, capsys: pytest.CaptureFixture[str]
 
 
 def _subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_TO_CLEAR}
+    env = {k: v for k, v in os.environ.items() if k not in environment.SETTINGS}
     env.update(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"),
                XDG_CONFIG_HOME=str(tmp_path / "xdg-config"), **extra)
     return env

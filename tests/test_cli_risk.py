@@ -15,14 +15,15 @@ from click.testing import CliRunner
 
 from bagbot_core.cli import cli
 from bagbot_core.status import OrderStatus
-from tests.test_cli import (  # noqa: F401 - clean_environment: an autouse fixture
+from tests.test_cli import (
     as_json,
-    clean_environment,
     ok,
     one_error_line,
     rows_in,
     run,
 )
+
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 
 @pytest.fixture
@@ -205,7 +206,7 @@ def test_risk_show_lists_active_checks_with_value_scope_and_source(
 
 def test_risk_show_table_marks_skipped_checks_and_names_the_file(
         runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    xdg = tmp_path / "xdg-config"  # the default location (clean_environment points here)
+    xdg = tmp_path / "xdg-config"  # the default location (cli_environment points here)
     (xdg / "bagbot").mkdir(parents=True)
     default = config_file(xdg / "bagbot", SHOWN)
     monkeypatch.setenv("BAGBOT_SKIP_RISK_CHECKS", "order_rate")

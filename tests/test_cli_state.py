@@ -4,39 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 
-from bagbot_core import audit, store
+from bagbot_core import store
 from bagbot_core.cli import cli
 from bagbot_core.db import get_engine, session_factory
-from bagbot_core.router import set_router
 
-_ENV_TO_CLEAR = (
-    "BAGBOT_DATABASE_URL", "BAGBOT_LOG_FILE", "BAGBOT_LOG_FORMAT", "BAGBOT_LOG_LEVEL",
-    "BAGBOT_ALLOW_LIVE", "BAGBOT_DISABLE_PLUGINS", "BAGBOT_USER", "BAGBOT_SKIP_RISK_CHECKS",
-    "BAGBOT_CONFIG", "MAX_ORDER_QTY", "MAX_ORDER_VALUE_USD", "MIN_ORDER_QTY",
-)
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in _ENV_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("USER", "operator")
-    saved_config, saved_configured = structlog.get_config(), audit._configured
-    set_router(None)
-    yield
-    set_router(None)
-    structlog.configure(**saved_config)
-    audit._configured = saved_configured
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 
 @pytest.fixture
@@ -68,10 +47,10 @@ def resting(run: Any, user: str) -> dict[str, Any]:
 
 def test_halt_refuses_orders_until_resumed(run: Any) -> None:
     halted = ok(run("halt", "--reason", "exchange incident"))
-    assert halted.stdout.startswith("halted: global (was never set; by operator: ")
+    assert halted.stdout.startswith("halted: global (was never set; by tester: ")
     refused = route(run, "alice")
     assert refused.exit_code == 1
-    assert "trading_state: trading is halted by operator" in refused.stderr
+    assert "trading_state: trading is halted by tester" in refused.stderr
     assert "exchange incident" in refused.stderr and "recorded as rejected" in refused.stderr
     (row,) = json.loads(ok(run("orders", "list", "--json")).stdout)
     assert row["status"] == "rejected"
@@ -103,7 +82,7 @@ def test_status_lists_every_scope_with_who_when_why(run: Any) -> None:
             for d in data] == [
         ("global", None, None, "halted", "cto", "stop"),
         ("connector", None, "paper", "halted", "ops", "maintenance"),
-        ("user", "alice", None, "reducing", "operator", "review"),
+        ("user", "alice", None, "reducing", "tester", "review"),
     ]
     assert all(d["changed_at"].endswith("+00:00") for d in data)
     table = ok(run("risk", "status")).stdout.splitlines()
@@ -128,7 +107,7 @@ def test_the_audit_log_gets_one_event_per_change_and_stdout_none(
     events = [json.loads(line) for line in log.read_text().splitlines()]
     (change,) = [e for e in events if e["event"] == "trading_state_changed"]
     assert (change["user_id"], change["state"], change["reason"], change["who"]) == (
-        "alice", "halted", "why", "operator")
+        "alice", "halted", "why", "tester")
 
 
 @pytest.mark.parametrize("args", [

@@ -21,33 +21,25 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bagbot_core import audit
 from bagbot_core.cli import cli
 from bagbot_core.db import get_engine, session_factory
 from bagbot_core.models import Order
 from bagbot_core.payload import CLIENT_ORDER_ID_RE
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
-from bagbot_core.router import Router, set_router
-from tests.scripted import ScriptedExchange, scripted_plugin
+from tests import environment
+from tests.scripted import ScriptedExchange
 
 BAGBOT = Path(sys.executable).with_name("bagbot")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = 100
-_ENV_TO_CLEAR = ("BAGBOT_DATABASE_URL", "BAGBOT_LOG_FILE", "BAGBOT_LOG_FORMAT",
-                 "BAGBOT_LOG_LEVEL", "BAGBOT_ALLOW_LIVE", "BAGBOT_DISABLE_PLUGINS", "BAGBOT_USER",
-                 "MAX_ORDER_QTY", "MAX_ORDER_VALUE_USD", "MIN_ORDER_QTY")
 
 # -- the generators ------------------------------------------------------------------------------
 
@@ -169,20 +161,10 @@ def no_crash(result: Result, args: list[str]) -> None:
 
 
 @pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ScriptedExchange]:
-    for name in _ENV_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+def cli_env(cli_environment: None, scripted: ScriptedExchange, monkeypatch: pytest.MonkeyPatch,
+            tmp_path: Path) -> ScriptedExchange:
     monkeypatch.setenv("BAGBOT_LOG_FILE", str(tmp_path / "audit.log"))
-    exchange = ScriptedExchange()
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
-                              plugins=[("scripted", scripted_plugin(exchange))])
-    saved_config, saved_configured = structlog.get_config(), audit._configured
-    set_router(Router(registry, limits=RiskLimits(), allow_live=False))
-    yield exchange
-    set_router(None)
-    structlog.configure(**saved_config)
-    audit._configured = saved_configured
+    return scripted
 
 
 def test_fuzz_route_with_bytes(db_url: str, cli_env: ScriptedExchange) -> None:
@@ -262,7 +244,7 @@ OTHER_CASES: list[list[bytes]] = [
 
 
 def _run(tmp_path: Path, url: str, *args: bytes) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_TO_CLEAR}
+    env = {k: v for k, v in os.environ.items() if k not in environment.SETTINGS}
     env.update(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"),
                BAGBOT_LOG_FILE=str(tmp_path / "audit.log"), PYTHONPATH=str(ROOT))
     return subprocess.run([os.fsencode(BAGBOT), b"--database-url", os.fsencode(url), *args],

@@ -14,12 +14,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,35 +27,19 @@ from bagbot_core.cli import cli
 from bagbot_core.db import get_engine, session_factory
 from bagbot_core.errors import BagbotError, ConfigurationError, OrderValidationError
 from bagbot_core.models import Order
-from bagbot_core.plugins import PluginRegistry
 from bagbot_core.reconcile_grace import DEFAULT_RECONCILE_GRACE
-from bagbot_core.risk import RiskLimits
-from bagbot_core.router import Router, set_router
+from bagbot_core.router import Router
 from bagbot_core.status import OrderStatus
-from tests.scripted import ScriptedExchange, scripted_plugin
+from tests import environment
+from tests.scripted import ScriptedExchange
+
+pytestmark = pytest.mark.usefixtures("cli_environment")
 
 BAGBOT = Path(sys.executable).with_name("bagbot")
 ROOT = Path(__file__).resolve().parent.parent
 MARKET_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.01"}
-_ENV_TO_CLEAR = ("BAGBOT_DATABASE_URL", "BAGBOT_LOG_FILE", "BAGBOT_LOG_FORMAT",
-                 "BAGBOT_LOG_LEVEL", "BAGBOT_ALLOW_LIVE", "BAGBOT_DISABLE_PLUGINS", "BAGBOT_USER",
-                 "MAX_ORDER_QTY", "MAX_ORDER_VALUE_USD", "MIN_ORDER_QTY")
 #: What may never reach a terminal raw: ESC, CSI, other C0/C1 controls, bidi overrides.
 RAW_CONTROLS = ["\x1b", "\x9b", "\x07", "\x08", "\r", "\u202e"]
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in _ENV_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("USER", "tester")
-    saved_config, saved_configured = structlog.get_config(), audit._configured
-    set_router(None)
-    yield
-    set_router(None)
-    structlog.configure(**saved_config)
-    audit._configured = saved_configured
 
 
 def rows(url: str) -> list[Order]:
@@ -81,7 +63,7 @@ def one_error_line(stderr: str, code: int, exit_code: int) -> str:
 def bagbot(url: str, *args: bytes, tmp_path: Path, **env: str
            ) -> subprocess.CompletedProcess[bytes]:
     """The installed console script with raw bytes in argv, as a shell would pass them."""
-    environ = {k: v for k, v in os.environ.items() if k not in _ENV_TO_CLEAR}
+    environ = {k: v for k, v in os.environ.items() if k not in environment.SETTINGS}
     environ.update(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"),
                    BAGBOT_LOG_FILE=str(tmp_path / "audit.log"), USER="tester",
                    PYTHONPATH=str(ROOT), **env)
@@ -211,15 +193,6 @@ def test_reconcile_help_shows_the_grace_the_router_uses() -> None:
 
 
 # -- item 13: a replayed unresolved order keeps exit code 3 --------------------------------------
-
-
-@pytest.fixture
-def scripted(db_url: str) -> ScriptedExchange:
-    exchange = ScriptedExchange()
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
-                              plugins=[("scripted", scripted_plugin(exchange))])
-    set_router(Router(registry, limits=RiskLimits(), allow_live=False))
-    return exchange
 
 
 def test_replaying_an_unknown_order_exits_3(db_url: str, scripted: ScriptedExchange) -> None:

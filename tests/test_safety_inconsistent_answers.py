@@ -12,8 +12,6 @@ rewrites; router, store and database are real.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -90,15 +88,6 @@ async def quote_sized(registry: PluginRegistry) -> AsyncIterator[Router]:
                connector_config={"scripted": {"market_buy_tolerance": "0.1"}})
     yield r
     await r.aclose()
-
-
-@pytest.fixture
-def events(log_stream_json: io.StringIO) -> Callable[[str], list[dict[str, Any]]]:
-    def named(name: str) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in log_stream_json.getvalue().splitlines()]
-        return [e for e in lines if e.get("event") == name]
-
-    return named
 
 
 def evolve(**fields: Any) -> Rewrite:

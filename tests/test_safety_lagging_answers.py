@@ -10,14 +10,11 @@ router, store and database are real.
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import attrs
-import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy.orm import Session
@@ -33,15 +30,6 @@ D = Decimal
 S = OrderStatus
 LIMIT_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": "1",
              "price": "40000"}
-
-
-@pytest.fixture
-def events(log_stream_json: io.StringIO) -> Callable[[str], list[dict[str, Any]]]:
-    def named(name: str) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in log_stream_json.getvalue().splitlines()]
-        return [e for e in lines if e.get("event") == name]
-
-    return named
 
 
 async def resting(router: Router, db: Session, exchange: ScriptedExchange

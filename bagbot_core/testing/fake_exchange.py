@@ -23,7 +23,11 @@ Two pieces, written once and shared by every plugin's fake server:
 The server runs in the test's event loop (``async with server:``) or in a background thread
 with its own loop (``with server.run_in_thread():``), which also lets a separate process
 host it. :func:`connector_settings` points a ccxt connector at a running server that holds
-credentials (``api_key``/``api_secret``), with ccxt's rate limiter off.
+credentials (``api_key``/``api_secret``), with ccxt's rate limiter off; :func:`routers_for`
+builds routers whose connector is set up so.
+:func:`intercept_ccxt` records the URLs a ccxt exchange class asks for and forwards them to a
+running server, so a test can see where a connector would send, production included, with
+nothing leaving the machine.
 """
 
 from __future__ import annotations
@@ -33,17 +37,22 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, Protocol, Self
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from bagbot_core.connector import ConnectorSettings
+from bagbot_core.plugins import PluginRegistry
+from bagbot_core.risk import RiskLimits
+from bagbot_core.router import Router
 
 __all__ = [
     "BookError",
+    "CcxtWire",
     "FakeBook",
     "FakeExchangeServer",
     "FakeMarket",
@@ -54,6 +63,8 @@ __all__ = [
     "LoggedRequest",
     "ServerWithCredentials",
     "connector_settings",
+    "intercept_ccxt",
+    "routers_for",
 ]
 
 BookErrorKind = Literal[
@@ -715,3 +726,93 @@ def connector_settings(
             **config,
         },
     )
+
+
+@contextlib.asynccontextmanager
+async def routers_for(
+    server: ServerWithCredentials, connector: str, plugin: object, **defaults: Any
+) -> AsyncIterator[Callable[..., Router]]:
+    """Build routers whose ``connector`` talks to ``server``; all are closed when the block ends.
+
+    The block gets ``make(*, registry=None, allow_live=False, **config) -> Router``. The
+    connector's config is that of :func:`connector_settings`, then ``defaults``, then
+    ``config``; a ``None`` value leaves a setting out (``api_url=None``: the connector's own
+    endpoint, or the environment's). The registry defaults to ``plugin`` alone, registered as
+    ``connector`` without entry points, so that what else is installed does not matter.
+    """
+    routers: list[Router] = []
+
+    def make(*, registry: PluginRegistry | None = None, allow_live: bool = False,
+             **config: Any) -> Router:
+        settings = connector_settings(server, **{**defaults, **config}).config
+        if registry is None:
+            registry = PluginRegistry(disabled=(), load_entrypoints=False,
+                                      plugins=[(connector, plugin)])
+        router = Router(registry, limits=RiskLimits(), allow_live=allow_live, connector_config={
+            connector: {key: value for key, value in settings.items() if value is not None}})
+        routers.append(router)
+        return router
+
+    try:
+        yield make
+    finally:
+        for router in routers:
+            await router.aclose()
+
+
+# ---------------------------------------------------------------------------------------
+# What a ccxt exchange class sends
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CcxtWire:
+    """What the objects of one ccxt exchange class did, seen by :func:`intercept_ccxt`."""
+
+    #: How many objects were built: a refused connector must not even build one.
+    built: int = 0
+    #: Every URL asked for, as ccxt built it (the real exchange's host), in order.
+    urls: list[str] = field(default_factory=list)
+    #: The fake server's URL that requests are forwarded to; ``None``: nothing may be sent.
+    forward_to: str | None = None
+
+
+@contextlib.contextmanager
+def intercept_ccxt(exchange_class: type[Any]) -> Iterator[CcxtWire]:
+    """Count the objects of ``exchange_class`` built and record every URL they ask for.
+
+    For testing what a connector would send where -- production, a testnet, any host --
+    without anything leaving the machine. ccxt's transport (``fetch``) is replaced while the
+    block runs: a request goes to :attr:`CcxtWire.forward_to` on the same path and query,
+    keeping its original ``Host`` header (a fake that checks the host in a signature sees
+    the real one), and while ``forward_to`` is ``None`` it fails with :class:`AssertionError`.
+    """
+    wire = CcxtWire()
+    init, fetch = exchange_class.__init__, exchange_class.fetch
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        wire.built += 1
+        init(self, *args, **kwargs)
+
+    async def recording_fetch(self: Any, url: str, method: str = "GET", headers: Any = None,
+                              body: Any = None) -> Any:
+        wire.urls.append(url)
+        if wire.forward_to is None:
+            raise AssertionError(f"nothing may be sent, but ccxt asked for {method} {url}")
+        parts = urlsplit(url)
+        local = wire.forward_to + parts.path + (f"?{parts.query}" if parts.query else "")
+        return await fetch(self, local, method, {**(headers or {}), "Host": parts.netloc}, body)
+
+    replaced = {"__init__": counting_init, "fetch": recording_fetch}
+    own = {name: exchange_class.__dict__[name] for name in replaced
+           if name in exchange_class.__dict__}
+    for name, value in replaced.items():
+        setattr(exchange_class, name, value)
+    try:
+        yield wire
+    finally:
+        for name in replaced:
+            if name in own:
+                setattr(exchange_class, name, own[name])
+            else:
+                delattr(exchange_class, name)

@@ -1,22 +1,20 @@
 """Binance and the live-host rule: ``testnet`` means testnet.binance.vision or loopback.
 
 Nothing here leaves the machine. ccxt's transport (``Exchange.fetch``) is wrapped for the
-test: it records every URL ccxt asks for and forwards the request to the fake server on
-127.0.0.1 (Binance signs the query, not the host, so the fake verifies it as it would on its
-own URL) -- or, where nothing may be sent, fails the request. Constructions of ccxt's binance
-object are counted too: a refused connector must not even build one.
+test (``intercept_ccxt``): it records every URL ccxt asks for and forwards the request to the
+fake server on 127.0.0.1 (Binance signs the query, not the host, so the fake verifies it as
+it would on its own URL) -- or, where nothing may be sent, fails the request. Constructions
+of ccxt's binance object are counted too: a refused connector must not even build one.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-import attrs
+import ccxt.async_support as ccxt_async
 import pytest
 from bagbot_binance.connector import PRODUCTION_URL, TESTNET_URL, BinanceConnector
 from bagbot_binance.testing import FakeBinanceServer
@@ -24,58 +22,18 @@ from sqlalchemy.orm import Session
 
 from bagbot_core import audit
 from bagbot_core.connector import ConnectorSettings
-from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.errors import ConfigurationError, LiveTradingNotAllowedError
 from bagbot_core.models import Order
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
+from bagbot_core.testing.fake_exchange import CcxtWire, intercept_ccxt
 
 MARKET_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.001"}
 
 
-@attrs.define
-class Wire:
-    """What ccxt's binance objects did: how many were built, which URLs they asked for."""
-
-    built: int = 0
-    urls: list[str] = attrs.Factory(list)
-    #: The fake server's URL that requests are forwarded to; ``None``: send nothing.
-    forward_to: str | None = None
-
-
 @pytest.fixture
-def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
-    import ccxt.async_support as ccxt_async
-
-    wire = Wire()
-    cls = ccxt_async.binance
-    init, fetch = cls.__init__, cls.fetch
-
-    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        wire.built += 1
-        init(self, *args, **kwargs)
-
-    async def recording_fetch(self: Any, url: str, method: str = "GET", headers: Any = None,
-                              body: Any = None) -> Any:
-        wire.urls.append(url)
-        if wire.forward_to is None:
-            raise AssertionError(f"nothing may be sent, but ccxt asked for {method} {url}")
-        parts = urlsplit(url)
-        local = wire.forward_to + parts.path + (f"?{parts.query}" if parts.query else "")
-        return await fetch(self, local, method, headers, body)
-
-    monkeypatch.setattr(cls, "__init__", counting_init)
-    monkeypatch.setattr(cls, "fetch", recording_fetch)
-    return wire
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Session]:
-    session = session_factory(get_engine(f"sqlite:///{tmp_path / 'live-host.db'}"))()
-    yield session
-    session.close()
-    dispose_engines()
+def wire() -> Iterator[CcxtWire]:
+    with intercept_ccxt(ccxt_async.binance) as wire:
+        yield wire
 
 
 @pytest.fixture
@@ -84,26 +42,6 @@ def audit_log() -> Iterator[io.StringIO]:
     audit.configure(fmt="json", stream=stream, level="debug", force=True)
     yield stream
     audit.configure(force=True)
-
-
-def keys(server: FakeBinanceServer, **config: Any) -> dict[str, Any]:
-    return {"api_key": server.api_key, "api_secret": server.api_secret,
-            "enable_rate_limit": False, "timeout": 2, **config}
-
-
-@pytest.fixture
-async def router_factory() -> AsyncIterator[Any]:
-    routers: list[Router] = []
-
-    def make(*, allow_live: bool, **config: Any) -> Router:
-        router = Router(PluginRegistry(disabled=()), limits=RiskLimits(), allow_live=allow_live,
-                        connector_config={"binance": config})
-        routers.append(router)
-        return router
-
-    yield make
-    for router in routers:
-        await router.aclose()
 
 
 def only_row(db: Session) -> Order:
@@ -118,15 +56,15 @@ def only_row(db: Session) -> Order:
 @pytest.mark.parametrize("allow_live", [False, True])
 @pytest.mark.parametrize("source", ["config", "environment"])
 async def test_production_url_with_testnet_is_refused_before_ccxt_is_built(
-    binance_server: FakeBinanceServer, wire: Wire, db: Session, router_factory: Any,
-    monkeypatch: pytest.MonkeyPatch, source: str, allow_live: bool,
+    binance_server: FakeBinanceServer, wire: CcxtWire, db: Session,
+    make_router: Callable[..., Router], monkeypatch: pytest.MonkeyPatch, source: str,
+    allow_live: bool,
 ) -> None:
     if source == "config":
-        router = router_factory(allow_live=allow_live, **keys(binance_server,
-                                                               api_url=PRODUCTION_URL))
+        router = make_router(allow_live=allow_live, api_url=PRODUCTION_URL)
     else:
         monkeypatch.setenv("BAGBOT_BINANCE_API_URL", PRODUCTION_URL)
-        router = router_factory(allow_live=allow_live, **keys(binance_server))
+        router = make_router(allow_live=allow_live, api_url=None)
     with pytest.raises(LiveTradingNotAllowedError, match=r"host api\.binance\.com") as info:
         await router.route_order("binance", MARKET_BUY, db, "u", testnet=True)
     row = only_row(db)
@@ -141,7 +79,7 @@ async def test_production_url_with_testnet_is_refused_before_ccxt_is_built(
     "http://2130706433:8080",
 ])
 async def test_any_host_but_the_testnet_or_loopback_is_refused_as_testnet(
-    wire: Wire, url: str
+    wire: CcxtWire, url: str
 ) -> None:
     conn = BinanceConnector(ConnectorSettings(
         testnet=True, allow_live=True, config={"api_key": "k", "api_secret": "s", "api_url": url}))
@@ -152,7 +90,7 @@ async def test_any_host_but_the_testnet_or_loopback_is_refused_as_testnet(
     assert wire.built == 0 and wire.urls == []
 
 
-async def test_a_connector_built_without_the_router_checks_too(wire: Wire) -> None:
+async def test_a_connector_built_without_the_router_checks_too(wire: CcxtWire) -> None:
     """Defence in depth: the exchange object is never built for a refused endpoint."""
     settings = {"api_key": "k", "api_secret": "s"}
     for conn in (
@@ -172,12 +110,11 @@ async def test_a_connector_built_without_the_router_checks_too(wire: Wire) -> No
 
 @pytest.mark.parametrize("api_url", [None, PRODUCTION_URL])
 async def test_live_with_the_opt_in_goes_to_production_and_says_so(
-    binance_server: FakeBinanceServer, wire: Wire, db: Session, router_factory: Any,
-    api_url: str | None,
+    binance_server: FakeBinanceServer, wire: CcxtWire, db: Session,
+    make_router: Callable[..., Router], api_url: str | None,
 ) -> None:
     wire.forward_to = binance_server.url
-    config = keys(binance_server) if api_url is None else keys(binance_server, api_url=api_url)
-    router = router_factory(allow_live=True, **config)
+    router = make_router(allow_live=True, api_url=api_url)
     order = await router.route_order("binance", MARKET_BUY, db, "u", testnet=False)
     assert order.status == "filled" and order.testnet is False
     assert wire.built == 1 and wire.urls
@@ -186,10 +123,11 @@ async def test_live_with_the_opt_in_goes_to_production_and_says_so(
 
 
 async def test_the_default_testnet_goes_to_the_binance_testnet_only(
-    binance_server: FakeBinanceServer, wire: Wire, db: Session, router_factory: Any,
+    binance_server: FakeBinanceServer, wire: CcxtWire, db: Session,
+    make_router: Callable[..., Router],
 ) -> None:
     wire.forward_to = binance_server.url
-    router = router_factory(allow_live=False, **keys(binance_server))
+    router = make_router(api_url=None)
     order = await router.route_order("binance", MARKET_BUY, db, "u", testnet=True)
     assert order.status == "filled" and order.testnet is True
     assert all(url.startswith(TESTNET_URL + "/api/v3/") for url in wire.urls), wire.urls
@@ -198,10 +136,11 @@ async def test_the_default_testnet_goes_to_the_binance_testnet_only(
 
 
 async def test_a_live_request_on_loopback_is_recorded_as_testnet(
-    binance_server: FakeBinanceServer, wire: Wire, db: Session, router_factory: Any,
+    binance_server: FakeBinanceServer, wire: CcxtWire, db: Session,
+    make_router: Callable[..., Router],
 ) -> None:
     wire.forward_to = binance_server.url
-    router = router_factory(allow_live=True, **keys(binance_server, api_url=binance_server.url))
+    router = make_router(allow_live=True)
     order = await router.route_order("binance", MARKET_BUY, db, "u", testnet=False)
     assert order.status == "filled" and order.testnet is True
     assert {urlsplit(url).netloc for url in wire.urls} == {urlsplit(binance_server.url).netloc}
@@ -213,30 +152,30 @@ async def test_a_live_request_on_loopback_is_recorded_as_testnet(
 @pytest.mark.parametrize(("key", "bad"), [("api_key", "\n"), ("api_key", "\r"),
                                           ("api_secret", "\t"), ("api_secret", "\x00")])
 async def test_a_control_character_in_a_credential_rejects_before_sending(
-    binance_server: FakeBinanceServer, wire: Wire, db: Session, router_factory: Any,
-    key: str, bad: str,
+    binance_server: FakeBinanceServer, wire: CcxtWire, db: Session,
+    make_router: Callable[..., Router], key: str, bad: str,
 ) -> None:
     wire.forward_to = binance_server.url
-    config = keys(binance_server, api_url=binance_server.url)
-    config[key] = config[key][:8] + bad + config[key][8:]
-    router = router_factory(allow_live=False, **config)
+    real = getattr(binance_server, key)
+    value = real[:8] + bad + real[8:]
+    router = make_router(**{key: value})
     with pytest.raises(ConfigurationError, match=key) as info:
         await router.route_order("binance", MARKET_BUY, db, "u")
     row = only_row(db)
     assert row.status == "rejected"  # not unknown: nothing was sent
-    assert config[key] not in str(info.value) and config[key][:8] not in (row.reason or "")
+    assert value not in str(info.value) and value[:8] not in (row.reason or "")
     assert wire.built == 0 and binance_server.requests == []
 
 
 async def test_a_password_in_api_url_reaches_no_row_no_log_no_error(
-    binance_server: FakeBinanceServer, wire: Wire, db: Session, router_factory: Any,
-    audit_log: io.StringIO, caplog: pytest.LogCaptureFixture,
+    binance_server: FakeBinanceServer, wire: CcxtWire, db: Session,
+    make_router: Callable[..., Router], audit_log: io.StringIO,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("DEBUG")
     canary = "canary-password-7d1e"
     netloc = urlsplit(binance_server.url).netloc
-    router = router_factory(allow_live=False, **keys(
-        binance_server, api_url=f"http://user:{canary}@{netloc}"))
+    router = make_router(api_url=f"http://user:{canary}@{netloc}")
     with pytest.raises(ConfigurationError, match="user info") as info:
         await router.route_order("binance", MARKET_BUY, db, "u")
     row = only_row(db)

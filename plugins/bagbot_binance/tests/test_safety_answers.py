@@ -10,22 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import bagbot_binance.plugin
 import pytest
 from bagbot_binance.testing import FakeBinanceServer
 from sqlalchemy.orm import Session
 
 from bagbot_core import audit
-from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.errors import OrderStatusUnknownError
 from bagbot_core.models import Order
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
 from bagbot_core.status import OrderStatus
 
@@ -37,22 +32,8 @@ LIMIT_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": "0.
 
 
 @pytest.fixture
-async def router(binance_server: FakeBinanceServer) -> AsyncIterator[Router]:
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
-                              plugins=[("binance", bagbot_binance.plugin)])
-    r = Router(registry, limits=RiskLimits(), allow_live=False, connector_config={
-        "binance": {"api_key": binance_server.api_key, "api_secret": binance_server.api_secret,
-                    "api_url": binance_server.url, "enable_rate_limit": False, "timeout": 5}})
-    yield r
-    await r.aclose()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Session]:
-    session = session_factory(get_engine(f"sqlite:///{tmp_path}/bagbot.db"))()
-    yield session
-    session.close()
-    dispose_engines()
+async def router(make_router: Callable[..., Router]) -> Router:
+    return make_router(timeout=5)
 
 
 @pytest.fixture

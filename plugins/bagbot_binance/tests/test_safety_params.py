@@ -10,19 +10,15 @@ The property test over arbitrary params runs in the conformance suite (test_conf
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import bagbot_binance.plugin
 import pytest
 from bagbot_binance.connector import BinanceConnector
 from bagbot_binance.testing import FakeBinanceServer
 from sqlalchemy.orm import Session
 
-from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.errors import (
     ExchangeRejectedError,
     OrderStatusUnknownError,
@@ -30,8 +26,6 @@ from bagbot_core.errors import (
 )
 from bagbot_core.models import Order
 from bagbot_core.orders import OrderRequest, OrderType, Side
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
 
 D = Decimal
@@ -39,25 +33,6 @@ ORDER_PATH = "/api/v3/order"
 MARKET_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.001"}
 LIMIT_BUY = {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": "0.001",
              "price": "45000"}
-
-
-@pytest.fixture
-async def router(binance_server: FakeBinanceServer) -> AsyncIterator[Router]:
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
-                              plugins=[("binance", bagbot_binance.plugin)])
-    r = Router(registry, limits=RiskLimits(), allow_live=False, connector_config={
-        "binance": {"api_key": binance_server.api_key, "api_secret": binance_server.api_secret,
-                    "api_url": binance_server.url, "enable_rate_limit": False, "timeout": 2}})
-    yield r
-    await r.aclose()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Session]:
-    session = session_factory(get_engine(f"sqlite:///{tmp_path}/bagbot.db"))()
-    yield session
-    session.close()
-    dispose_engines()
 
 
 def posts(server: FakeBinanceServer) -> list[dict[str, str]]:

@@ -4,49 +4,34 @@ the Coinbase connector and the fake Advanced Trade server."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from bagbot_coinbase.testing import FakeCoinbaseServer
 from sqlalchemy.orm import Session
 
-from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.errors import OrderStatusUnknownError
 from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
 
 D = Decimal
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    db = session_factory(get_engine(f"sqlite:///{tmp_path / 'orders.db'}"))()
-    yield db
-    db.close()
-    dispose_engines()
-
-
-@pytest.fixture
-async def router(coinbase_server: FakeCoinbaseServer) -> AsyncIterator[Router]:
-    r = Router(PluginRegistry(), limits=RiskLimits(), allow_live=False, connector_config={
-        "coinbase": {"api_key": coinbase_server.api_key,
-                     "api_secret": coinbase_server.api_secret,
-                     "api_url": coinbase_server.url, "enable_rate_limit": False, "timeout": 2}})
-    yield r
-    await r.aclose()
+async def router(make_router: Callable[..., Router]) -> Router:
+    """Plugins discovered by entry point, as an installed bagbot finds them."""
+    return make_router(registry=PluginRegistry())
 
 
 async def test_route_sync_cancel_and_reconcile_through_the_router(
-    router: Router, session: Session, coinbase_server: FakeCoinbaseServer
+    router: Router, db: Session, coinbase_server: FakeCoinbaseServer
 ) -> None:
     book = coinbase_server.book
 
     filled = await router.route_order(
         "coinbase", {"symbol": "BTC/USD", "side": "sell", "type": "market", "amount": "0.01"},
-        session, "alice")
+        db, "alice")
     assert (filled.status, filled.filled_qty, filled.avg_price) == ("filled", D("0.01"),
                                                                      D("50000"))
     assert filled.exchange_status == "FILLED"
@@ -55,9 +40,9 @@ async def test_route_sync_cancel_and_reconcile_through_the_router(
 
     resting = await router.route_order(
         "coinbase", {"symbol": "BTC/USD", "side": "buy", "type": "limit", "amount": "0.01",
-                     "price": "40000.004"}, session, "alice")
+                     "price": "40000.004"}, db, "alice")
     assert resting.status == "open" and resting.price == D("40000")  # rounded down a tick
-    canceled = await router.cancel_order(session, resting)
+    canceled = await router.cancel_order(db, resting)
     assert canceled.status == "canceled"
     assert book.balance("USD") == D("100000") + D("500")
 
@@ -65,10 +50,10 @@ async def test_route_sync_cancel_and_reconcile_through_the_router(
     with pytest.raises(OrderStatusUnknownError) as info:
         await router.route_order(
             "coinbase", {"symbol": "BTC/USD", "side": "buy", "type": "market",
-                         "amount": "0.001"}, session, "alice")
+                         "amount": "0.001"}, db, "alice")
     lost = info.value.order
     assert lost.status == "unknown"
-    changed = await router.reconcile(session, "coinbase", grace=dt.timedelta(0))
+    changed = await router.reconcile(db, "coinbase", grace=dt.timedelta(0))
     assert [o.id for o in changed] == [lost.id]
     assert (lost.status, lost.filled_qty) == ("filled", D("0.001"))
     assert len(book.orders_with_client_id(lost.client_order_id)) == 1

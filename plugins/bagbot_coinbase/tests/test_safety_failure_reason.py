@@ -9,22 +9,16 @@ Coinbase answers ``success: false`` with ``error: UNKNOWN_FAILURE_REASON``, an e
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import bagbot_coinbase.plugin
 import pytest
 from bagbot_coinbase.connector import CoinbaseConnector
 from bagbot_coinbase.testing import FakeCoinbaseServer
 from sqlalchemy.orm import Session
 
-from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.errors import ExchangeRejectedError
 from bagbot_core.orders import OrderRequest, OrderType, Side
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
 
 ORDERS = "/api/v3/brokerage/orders"
@@ -56,33 +50,13 @@ def refusal(**failure: str) -> dict[str, Any]:
     return {**RECORDED, "error_response": {**RECORDED["error_response"], **failure}}
 
 
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    db = session_factory(get_engine(f"sqlite:///{tmp_path / 'orders.db'}"))()
-    yield db
-    db.close()
-    dispose_engines()
-
-
-@pytest.fixture
-async def router(coinbase_server: FakeCoinbaseServer) -> AsyncIterator[Router]:
-    registry = PluginRegistry(disabled=(), load_entrypoints=False,
-                              plugins=[("coinbase", bagbot_coinbase.plugin)])
-    r = Router(registry, limits=RiskLimits(), allow_live=False, connector_config={
-        "coinbase": {"api_key": coinbase_server.api_key,
-                     "api_secret": coinbase_server.api_secret,
-                     "api_url": coinbase_server.url, "enable_rate_limit": False, "timeout": 2}})
-    yield r
-    await r.aclose()
-
-
 async def test_the_recorded_refusal_is_stored_with_its_preview_failure_reason(
-    router: Router, session: Session, coinbase_server: FakeCoinbaseServer
+    router: Router, db: Session, coinbase_server: FakeCoinbaseServer
 ) -> None:
     coinbase_server.fail_http(200, json.dumps(RECORDED), method="POST", path=ORDERS)
     with pytest.raises(ExchangeRejectedError,
                        match="PREVIEW_STOP_PRICE_ABOVE_LAST_TRADE_PRICE") as info:
-        await router.route_order("coinbase", LIMIT_BUY, session, "u")
+        await router.route_order("coinbase", LIMIT_BUY, db, "u")
     row = info.value.order
     assert row.status == "rejected"
     assert "PREVIEW_STOP_PRICE_ABOVE_LAST_TRADE_PRICE" in (row.reason or "")

@@ -10,9 +10,7 @@ conformance suite (test_conformance).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +18,9 @@ from bagbot_coinbase.connector import CoinbaseConnector
 from bagbot_coinbase.testing import FakeCoinbaseServer
 from sqlalchemy.orm import Session
 
-from bagbot_core.db import dispose_engines, get_engine, session_factory
 from bagbot_core.errors import ExchangeRejectedError, OrderValidationError
 from bagbot_core.models import Order
 from bagbot_core.orders import OrderRequest, OrderType, Side
-from bagbot_core.plugins import PluginRegistry
-from bagbot_core.risk import RiskLimits
 from bagbot_core.router import Router
 
 D = Decimal
@@ -33,24 +28,6 @@ ORDERS = "/api/v3/brokerage/orders"
 MARKET_BUY = {"symbol": "BTC/USD", "side": "buy", "type": "market", "amount": "0.001"}
 LIMIT_BUY = {"symbol": "BTC/USD", "side": "buy", "type": "limit", "amount": "0.001",
              "price": "45000"}
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Session]:
-    session = session_factory(get_engine(f"sqlite:///{tmp_path / 'orders.db'}"))()
-    yield session
-    session.close()
-    dispose_engines()
-
-
-@pytest.fixture
-async def router(coinbase_server: FakeCoinbaseServer) -> AsyncIterator[Router]:
-    r = Router(PluginRegistry(), limits=RiskLimits(), allow_live=False, connector_config={
-        "coinbase": {"api_key": coinbase_server.api_key,
-                     "api_secret": coinbase_server.api_secret,
-                     "api_url": coinbase_server.url, "enable_rate_limit": False, "timeout": 2}})
-    yield r
-    await r.aclose()
 
 
 def bodies(server: FakeCoinbaseServer) -> list[dict[str, Any]]:
