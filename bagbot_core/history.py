@@ -28,14 +28,18 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal,
     not_,
+    null,
     or_,
     select,
     type_coerce,
+    union_all,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from bagbot_core.models import Order
+from bagbot_core.models import Order, Position
 from bagbot_core.money import MAX_SCALE, normalize
 from bagbot_core.orders import OrderRequest, Side
 from bagbot_core.status import OrderStatus
@@ -152,6 +156,9 @@ class History:
         self.user_id = user_id
         self.connector = connector
         self.testnet = testnet
+        # Answers of this transaction, by query and parameters (see _cached).
+        self._transaction: Any = None
+        self._answers: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
         return (f"History(user_id={self.user_id!r}, connector={self.connector!r}, "
@@ -185,12 +192,33 @@ class History:
             params["symbol"] = symbol.upper()
         return _Shape("user_id" in params, connector is not None, symbol is not None), params
 
-    async def _scalar(self, kind: str, shape: _Shape, params: dict[str, Any]) -> Any:
-        def scalar(session: Session) -> Any:
+    async def _cached(self, kind: str, params: dict[str, Any],
+                      fn: Callable[[Connection], T]) -> T:
+        """``fn(connection)``, once per query and parameters in one transaction.
+
+        The router re-runs every check after rounding an order, in the same transaction,
+        which holds the user's lock and has written nothing yet: the second run reuses the
+        first one's answers. A new transaction starts afresh.
+        """
+        key = (kind, *sorted(params.items()))
+
+        def cached(session: Session) -> T:
             connection = session.connection()
+            transaction = connection.get_transaction()
+            if transaction is not self._transaction:
+                self._transaction, self._answers = transaction, {}
+            elif key in self._answers:
+                return self._answers[key]  # type: ignore[no-any-return]
+            answer = self._answers[key] = fn(connection)
+            return answer
+
+        return await self.run(cached)
+
+    async def _scalar(self, kind: str, shape: _Shape, params: dict[str, Any]) -> Any:
+        def scalar(connection: Connection) -> Any:
             return connection.scalar(_statement(kind, connection.dialect.name, shape), params)
 
-        return await self.run(scalar)
+        return await self._cached(kind, params, scalar)
 
     async def open_orders(self, *, user_id: UserFilter = None, symbol: str | None = None,
                           connector: str | None = None) -> int:
@@ -212,8 +240,7 @@ class History:
         shape, params = self._scope(user_id, connector)
         params["since"] = since
 
-        def notional(session: Session) -> Decimal:
-            connection = session.connection()
+        def notional(connection: Connection) -> Decimal:
             dialect = connection.dialect.name
             rows: Any
             if dialect == "postgresql":
@@ -233,26 +260,24 @@ class History:
                                     None if value is None else Decimal(value))
             return normalize(total)
 
-        return await self.run(notional)
+        return await self._cached("notional", params, notional)
 
     async def position(self, asset: str, *, user_id: UserFilter = None,
                        connector: str | None = None) -> Decimal:
         """Net filled quantity of ``asset``: filled buys minus filled sells, over every
-        symbol whose base is ``asset`` (any quote), all time."""
+        symbol whose base is ``asset`` (any quote), all time.
+
+        Reads the ``positions`` aggregate (:mod:`bagbot_core.positions`), which every fill
+        updates in its own transaction: one indexed row per connector, whatever the history.
+        """
         shape, params = self._scope(user_id, connector)
-        params.update(_asset_params(asset))
+        params["asset"] = asset.upper()
 
-        def position(session: Session) -> Decimal:
-            connection = session.connection()
-            dialect = connection.dialect.name
-            if dialect == "postgresql":
-                return _sum([_decimal(connection.scalar(
-                    _statement("position", dialect, shape), params))])
-            return _sum(Decimal(filled) if side == "buy" else -Decimal(filled)
-                        for side, filled in connection.execute(
-                            _statement("position", dialect, shape), params))
+        def position(connection: Connection) -> Decimal:
+            return _sum(Decimal(quantity) for quantity in connection.scalars(
+                _statement("position", connection.dialect.name, shape), params))
 
-        return await self.run(position)
+        return await self._cached("position", params, position)
 
     async def live_quantity(self, asset: str, side: Side, *, user_id: UserFilter = None,
                             connector: str | None = None) -> Decimal:
@@ -260,14 +285,26 @@ class History:
         shape, params = self._scope(user_id, connector)
         params.update(_asset_params(asset), side=Side(side).value)
 
-        def live(session: Session) -> Decimal:
-            connection = session.connection()
+        def live(connection: Connection) -> Decimal:
             rows = connection.execute(
                 _statement("live", connection.dialect.name, shape), params)
-            return _sum(max(Decimal(qty) - Decimal(filled or 0), Decimal(0))
-                        for qty, filled in rows)
+            return _unfilled(rows)
 
-        return await self.run(live)
+        return await self._cached("live", params, live)
+
+    async def exposure(self, asset: str, side: Side, *, user_id: UserFilter = None,
+                       connector: str | None = None) -> tuple[Decimal, Decimal]:
+        """``(position(asset), live_quantity(asset, side))`` in one round trip."""
+        shape, params = self._scope(user_id, connector)
+        params.update(_asset_params(asset), asset=asset.upper(), side=Side(side).value)
+
+        def both(connection: Connection) -> tuple[Decimal, Decimal]:
+            rows = connection.execute(
+                _statement("exposure", connection.dialect.name, shape), params).all()
+            return (_sum(Decimal(a) for part, a, _ in rows if part == 1),
+                    _unfilled((a, b) for part, a, b in rows if part == 2))
+
+        return await self._cached("exposure", params, both)
 
     async def find_duplicate(self, since: dt.datetime, order: OrderRequest, *,
                              user_id: UserFilter = None,
@@ -304,9 +341,9 @@ class _Shape(NamedTuple):
 
 
 def _asset_params(asset: str) -> dict[str, str]:
-    """The LIKE pattern for "base is ``asset``", and the same as a key range (SQLite)."""
+    """The LIKE pattern for "base is ``asset``"."""
     base = asset.upper()
-    return {"pattern": _asset_pattern(base), "low": f"{base}/", "high": f"{base}0"}
+    return {"pattern": _asset_pattern(base), "prefix": f"{base}/"}
 
 
 @functools.lru_cache(maxsize=256)
@@ -321,12 +358,11 @@ def _statement(kind: str, dialect: str, shape: _Shape) -> Any:
         where.append(Order.symbol == bindparam("symbol"))
     since = Order.created_at >= bindparam("since")
     not_rejected = Order.status != _REJECTED
+    # No symbol range next to the pattern: it would lead SQLite to walk every row of the
+    # user's asset, all time, instead of the user's few live rows (ix_orders_user_status).
     base_is: ColumnElement[bool] = Order.symbol.like(bindparam("pattern"), escape="\\")
-    if dialect == "sqlite":
-        # SQLite compares text by bytes: the range lets the position index serve the
-        # pattern (LIKE alone cannot use it; PostgreSQL's collations may not sort that way).
-        base_is = and_(base_is, Order.symbol >= bindparam("low"),
-                       Order.symbol < bindparam("high"))
+    if dialect == "sqlite":  # its LIKE ignores case; PostgreSQL's does not
+        base_is = func.instr(Order.symbol, bindparam("prefix")) == 1
     if kind == "open":
         return select(func.count()).select_from(Order).where(*where, Order.status.in_(_LIVE))
     if kind == "since":
@@ -347,12 +383,13 @@ def _statement(kind: str, dialect: str, shape: _Shape) -> Any:
               for column in (Order.status, Order.symbol, *_RAW_MONEY)),
         ).where(*where)
     if kind == "position":
-        where += [base_is, Order.filled_qty != Decimal(0), not_rejected]
-        if dialect == "postgresql":
-            return select(func.coalesce(func.sum(case(
-                (Order.side == Side.BUY.value, Order.filled_qty), else_=-Order.filled_qty)), 0)
-            ).where(*where)
-        return select(Order.side, _raw(Order.filled_qty)).where(*where)
+        return _position_statement(shape)
+    if kind == "exposure":  # the position's row(s), then the live rows: one round trip
+        live = select(literal(2).label("part"), _raw(Order.qty), _raw(Order.filled_qty)).where(
+            *where, Order.status.in_(_LIVE), Order.side == bindparam("side"), base_is)
+        held = _position_statement(shape).with_only_columns(
+            literal(1).label("part"), _raw(Position.quantity), type_coerce(null(), String()))
+        return union_all(held, live)
     if kind == "live":
         return select(_raw(Order.qty), _raw(Order.filled_qty)).where(
             *where, Order.status.in_(_LIVE), Order.side == bindparam("side"), base_is)
@@ -366,6 +403,15 @@ def _statement(kind: str, dialect: str, shape: _Shape) -> Any:
             or_(Order.qty == bindparam("amount"), Order.requested_qty == bindparam("amount")),
         ).order_by(Order.created_at.desc(), Order.id.desc())
     raise ValueError(kind)
+
+
+def _position_statement(shape: _Shape) -> Any:
+    where = [Position.testnet == bindparam("testnet"), Position.asset == bindparam("asset")]
+    if shape.user:
+        where.append(Position.user_id == bindparam("user_id"))
+    if shape.connector:
+        where.append(Position.connector == bindparam("connector"))
+    return select(_raw(Position.quantity)).where(*where)
 
 
 def _raw(column: Any) -> Any:
@@ -389,6 +435,11 @@ def _usd_sql() -> ColumnElement[bool]:
     slash = func.strpos(Order.symbol, "/")
     return and_(slash > 0, func.upper(func.substr(Order.symbol, slash + 1)).in_(
         sorted(USD_QUOTES)))
+
+
+def _unfilled(rows: Iterable[Any]) -> Decimal:
+    """Sum of ``qty - filled`` (never below zero) over live rows."""
+    return _sum(max(Decimal(qty) - Decimal(filled or 0), _ZERO) for qty, filled in rows)
 
 
 def _sum(values: Iterable[Decimal]) -> Decimal:

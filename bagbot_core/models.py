@@ -60,6 +60,19 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return normalize(Decimal(value))
 
 
+class ExactSum(ExactDecimal):
+    """:class:`ExactDecimal` without a magnitude limit (NUMERIC without precision, or text):
+    a sum of many ``NUMERIC(38, 18)`` values may not fit in one."""
+
+    impl = Numeric(asdecimal=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(80))
+        return dialect.type_descriptor(Numeric(asdecimal=True))
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC in, timezone-aware UTC out (SQLite drops the zone otherwise)."""
 
@@ -95,9 +108,8 @@ class Order(Base):
         # Risk history (bagbot_core.history): a user's orders in a window, in a status.
         Index("ix_orders_user_testnet_created_at", "user_id", "testnet", "created_at"),
         Index("ix_orders_user_status", "user_id", "status", "testnet"),
-        # Covers History.position: a user's fills per base asset, all time.
-        Index("ix_orders_position", "user_id", "testnet", "symbol", "side", "filled_qty",
-              "status"),
+        # (ix_orders_position, which covered a user's fills per asset, went with 0005: the
+        # positions table answers that.)
         UniqueConstraint("client_order_id", name="uq_orders_client_order_id"),
     )
 
@@ -107,7 +119,10 @@ class Order(Base):
     qty: Mapped[Decimal] = mapped_column(ExactDecimal())
     price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     side: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING.value)
+    # active_history: the old status is known on every change, so the position aggregate
+    # (bagbot_core.positions) can take back what a row counted before it.
+    status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING.value,
+                                        active_history=True)
     external_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
@@ -118,7 +133,8 @@ class Order(Base):
     connector: Mapped[str] = mapped_column(String(64))
     order_type: Mapped[str] = mapped_column(String(16))
     testnet: Mapped[bool] = mapped_column(Boolean, default=True)
-    filled_qty: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
+    filled_qty: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0),
+                                                active_history=True)
     #: The amount the caller asked for; ``qty`` is what was sent after market rounding.
     requested_qty: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     avg_price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
@@ -182,3 +198,25 @@ class TradingStateChange(Base):
     reason: Mapped[str] = mapped_column(Text)
     who: Mapped[str] = mapped_column(String(128))
     changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
+
+
+class Position(Base):
+    """Net filled quantity of one asset per user, connector and testnet flag: the sum over
+    ``orders`` of filled buys minus filled sells (rejected rows count nothing) of symbols
+    whose base is ``asset``.
+
+    Maintained by :mod:`bagbot_core.positions` in the transaction that changes a row's fill,
+    so a risk check reads one indexed row instead of a user's whole fill history.
+    """
+
+    __tablename__ = "positions"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    testnet: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    asset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    quantity: Mapped[Decimal] = mapped_column(ExactSum())
+
+
+# The position aggregate is kept by ORM events on Order: wherever Order is, they are too.
+import bagbot_core.positions  # noqa: E402, F401

@@ -217,8 +217,7 @@ async def max_position(ctx: RiskContext) -> RiskViolation | None:
     if history is None:
         return _no_history("max_position", fmt(most))
     side = ctx.order.side
-    position = await history.position(asset)
-    live = await history.live_quantity(asset, side)
+    position, live = await history.exposure(asset, side)
     with decimal.localcontext(_EXACT):
         signed = position if side is Side.BUY else -position
         projected = signed + live + ctx.order.amount

@@ -47,6 +47,7 @@ def seed(url: str, user: str, *, rows: int = SEED_ROWS, seed_value: int = 10) ->
 
     from bagbot_core.db import get_engine
     from bagbot_core.models import Order
+    from bagbot_core.positions import rebuild
 
     rng = random.Random(seed_value)
     now = dt.datetime.now(dt.UTC)
@@ -77,6 +78,8 @@ def seed(url: str, user: str, *, rows: int = SEED_ROWS, seed_value: int = 10) ->
     if batch:
         with engine.begin() as conn:
             conn.execute(insert(Order), batch)
+    with engine.begin() as conn:  # bulk inserts bypass the ORM events that keep positions
+        rebuild(conn)
     if engine.dialect.name == "postgresql":  # what autovacuum does to a table this size
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE orders")

@@ -1,0 +1,149 @@
+"""The ``positions`` aggregate: each user's net filled quantity per asset, kept current.
+
+:meth:`bagbot_core.history.History.position` must not sum a user's whole fill history on
+every order. Instead every ORM flush that inserts, changes or deletes an ``orders`` row adds
+the change in what that row counts (``+filled`` for a buy, ``-filled`` for a sell, nothing
+when rejected or when the symbol has no base) to its ``(user, testnet, asset, connector)``
+row, on the flush's own connection: the aggregate commits, or rolls back, with the fill
+(:func:`bagbot_core.store.apply_exchange_state` is where fills change).
+
+Exact on both backends: PostgreSQL adds NUMERIC values in one atomic upsert; SQLite keeps
+decimals as text, so the sum is done in Python, read-modify-write, while the transaction
+holds the database's write lock (the ``orders`` write just before it took the lock; bagbot's
+SQLite transactions begin ``IMMEDIATE``). Rows written behind the ORM (bulk ``insert`` or
+``delete`` statements) are not seen: call :func:`rebuild` after such a write.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, delete, event, insert, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from bagbot_core.models import Order, Position
+from bagbot_core.money import normalize
+from bagbot_core.status import OrderStatus
+
+__all__ = ["asset_of", "rebuild", "signed_fill"]
+
+Key = tuple[str, bool, str, str]  # user_id, testnet, asset, connector
+
+_EXACT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999, traps=[decimal.Inexact])
+_ZERO = Decimal(0)
+_REJECTED = OrderStatus.REJECTED.value
+_KEY_COLUMNS = ("user_id", "testnet", "symbol", "connector", "side")
+
+
+def asset_of(symbol: str) -> str | None:
+    """The base of ``symbol`` as stored (``"BTC"`` for ``"BTC/USDT"``); ``None`` without a
+    ``/`` (such a row is no position, as ``History.position`` counts)."""
+    base, slash, _ = symbol.partition("/")
+    return base if slash else None
+
+
+def signed_fill(status: str, side: str, filled: Decimal | None) -> Decimal:
+    """What one row adds to its position: ``+filled`` bought, ``-filled`` sold, nothing
+    when rejected."""
+    if not filled or status == _REJECTED:
+        return _ZERO
+    return filled if side == "buy" else -filled
+
+
+def _key(user_id: str, testnet: bool, symbol: str, connector: str) -> Key | None:
+    asset = asset_of(symbol)
+    return None if asset is None else (user_id, bool(testnet), asset, connector)
+
+
+def _add(connection: Connection, key: Key, delta: Decimal) -> None:
+    """Add ``delta`` to the position at ``key``, in ``connection``'s transaction."""
+    user_id, testnet, asset, connector = key
+    where = {"user_id": user_id, "testnet": testnet, "asset": asset, "connector": connector}
+    if connection.dialect.name == "postgresql":
+        upsert = pg_insert(Position).values(**where, quantity=delta)
+        connection.execute(upsert.on_conflict_do_update(
+            index_elements=["user_id", "testnet", "asset", "connector"],
+            set_={"quantity": Position.quantity + upsert.excluded.quantity}))
+        return
+    # No arithmetic in SQL here: SQLite would add the decimal texts as floats.
+    condition = [getattr(Position, name) == value for name, value in where.items()]
+    current = connection.scalar(select(Position.quantity).where(*condition))
+    if current is None:
+        connection.execute(insert(Position).values(**where, quantity=delta))
+    else:
+        with decimal.localcontext(_EXACT):
+            total = current + delta
+        connection.execute(update(Position).where(*condition).values(quantity=normalize(total)))
+
+
+def _old(state: Any, name: str) -> Any:
+    """An attribute's value before the pending change (needs ``active_history``, or a
+    loaded value, when it changed)."""
+    history = state.attrs[name].history
+    if history.deleted:
+        return history.deleted[0]
+    if history.unchanged:
+        return history.unchanged[0]
+    return getattr(state.obj(), name)
+
+
+@event.listens_for(Order, "after_insert", propagate=True)
+def _inserted(_mapper: Any, connection: Connection, order: Order) -> None:
+    delta = signed_fill(order.status, order.side, order.filled_qty)
+    key = _key(order.user_id, order.testnet, order.symbol, order.connector)
+    if delta and key is not None:
+        _add(connection, key, delta)
+
+
+@event.listens_for(Order, "after_update", propagate=True)
+def _updated(_mapper: Any, connection: Connection, order: Order) -> None:
+    state = inspect(order)
+    attrs = state.attrs
+    if not (attrs.filled_qty.history.has_changes() or attrs.status.history.has_changes()
+            or any(attrs[name].history.has_changes() for name in _KEY_COLUMNS)):
+        return
+    if any(attrs[name].history.has_changes() for name in _KEY_COLUMNS):
+        # bagbot never moves a row to another user, symbol or side; if something does, the
+        # old key is not known for sure: recount everything (exact, and never on a hot path).
+        rebuild(connection)
+        return
+    before = signed_fill(_old(state, "status"), order.side, _old(state, "filled_qty"))
+    after = signed_fill(order.status, order.side, order.filled_qty)
+    key = _key(order.user_id, order.testnet, order.symbol, order.connector)
+    if key is not None and before != after:
+        with decimal.localcontext(_EXACT):
+            delta = after - before
+        _add(connection, key, delta)
+
+
+@event.listens_for(Order, "after_delete", propagate=True)
+def _deleted(_mapper: Any, connection: Connection, order: Order) -> None:
+    before = signed_fill(_old(inspect(order), "status"), order.side,
+                         _old(inspect(order), "filled_qty"))
+    key = _key(order.user_id, order.testnet, order.symbol, order.connector)
+    if before and key is not None:
+        _add(connection, key, -before)
+
+
+def rebuild(connection: Connection) -> None:
+    """Recount every position from ``orders`` (after rows were written behind the ORM),
+    in ``connection``'s transaction."""
+    totals: dict[Key, Decimal] = defaultdict(Decimal)
+    rows = connection.execute(select(
+        Order.user_id, Order.testnet, Order.symbol, Order.connector, Order.side,
+        Order.status, Order.filled_qty,
+    ).where(Order.status != _REJECTED, Order.filled_qty != _ZERO))
+    with decimal.localcontext(_EXACT):
+        for user_id, testnet, symbol, connector, side, status, filled in rows:
+            key = _key(user_id, testnet, symbol, connector)
+            if key is not None:
+                totals[key] += signed_fill(status, side, filled)
+    connection.execute(delete(Position))
+    if totals:
+        connection.execute(insert(Position), [
+            {"user_id": u, "testnet": t, "asset": a, "connector": c, "quantity": normalize(q)}
+            for (u, t, a, c), q in totals.items()])
+
