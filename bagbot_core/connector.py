@@ -19,6 +19,7 @@ import attrs
 
 from bagbot_core.endpoints import check_endpoints
 from bagbot_core.errors import ConfigurationError, ExchangeRejectedError
+from bagbot_core.money import round_to_step
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote
 from bagbot_core.params import NO_PARAMS, ParamSpec
 from bagbot_core.secrets import Secret
@@ -161,11 +162,11 @@ class Connector(abc.ABC):
 
         :raises ExchangeRejectedError: with a reason naming the limit, before any request.
         """
-        amount = _round_to_step(order.amount, market.amount_step, ROUND_DOWN)
+        amount = round_to_step(order.amount, market.amount_step, ROUND_DOWN)
         price = order.price
         if price is not None and market.price_step is not None:
             rounding = "ROUND_DOWN" if order.side == "buy" else "ROUND_UP"
-            price = _round_to_step(price, market.price_step, rounding)
+            price = round_to_step(price, market.price_step, rounding)
         rounded = attrs.evolve(order, amount=amount, price=price)
         return check_market_limits(rounded, market, reference_price)
 
@@ -177,12 +178,6 @@ class Connector(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release sessions and sockets; the router calls it once at shutdown."""
-
-
-def _round_to_step(value: Decimal, step: Decimal | None, rounding: str) -> Decimal:
-    if step is None or step <= 0:
-        return value
-    return (value / step).quantize(Decimal(1), rounding=rounding) * step
 
 
 def check_market_limits(

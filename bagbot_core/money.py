@@ -100,6 +100,19 @@ def normalize(number: Decimal) -> Decimal:
     return reduced
 
 
+def round_to_step(value: Decimal, step: Decimal | None, rounding: str) -> Decimal:
+    """``value`` rounded to a whole number of ``step`` (``rounding``: a ``decimal`` mode).
+
+    Exact for every value bagbot accepts: the quotient of a 20-digit amount and a 1e-18
+    step has 38 digits, past ``decimal``'s default 28-digit context, which would raise
+    ``InvalidOperation``. No step (``None`` or not positive) returns ``value`` normalised.
+    """
+    if step is None or step <= 0:
+        return normalize(value)
+    units = _EXACT.divide(value, step).quantize(Decimal(1), rounding=rounding, context=_EXACT)
+    return normalize(_EXACT.multiply(units, step))
+
+
 def parse_setting(value: str, name: str) -> Decimal:
     """Parse a numeric setting (e.g. an environment variable) into a positive Decimal.
 

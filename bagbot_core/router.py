@@ -25,7 +25,7 @@ import asyncio
 import datetime as dt
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 
@@ -855,8 +855,8 @@ class Router:
             order = await runner.run(store.get_order, order)
         log = self._order_log(order)
         connector = await self._connector_for(runner, order)
-        state = await connector.fetch_order(order.symbol, external_id=order.external_id,
-                                            client_order_id=order.client_order_id)
+        state = await _ask(connector, connector.fetch_order(
+            order.symbol, external_id=order.external_id, client_order_id=order.client_order_id))
         return await self._record(runner, log, order, state, "synced", connector)
 
     async def cancel_order(self, db: Any, order: Order | int) -> Order:
@@ -880,9 +880,9 @@ class Router:
             )
         connector = await self._connector_for(runner, order)
         log.info("cancel_requested")
-        state = await connector.cancel_order(order.symbol, external_id=order.external_id,
-                                             client_order_id=order.client_order_id)
-        return await self._record(runner, log, order, state, "canceled")
+        state = await _ask(connector, connector.cancel_order(
+            order.symbol, external_id=order.external_id, client_order_id=order.client_order_id))
+        return await self._record(runner, log, order, state, "canceled", connector)
 
     async def reconcile(
         self, db: Any, connector: str, *, grace: dt.timedelta | None = None
@@ -910,8 +910,9 @@ class Router:
             log = self._order_log(order)
             conn = await self._connector_for(runner, order)
             try:
-                state = await conn.fetch_order(order.symbol, external_id=order.external_id,
-                                               client_order_id=order.client_order_id)
+                state = await _ask(conn, conn.fetch_order(
+                    order.symbol, external_id=order.external_id,
+                    client_order_id=order.client_order_id))
             except ExchangeOrderNotFoundError:
                 if order.created_at > horizon:
                     log.info("reconcile_deferred", reason="not on the exchange yet; too young")
@@ -1027,6 +1028,24 @@ class Router:
         if connector is not None:
             self.registry.connector_spec(connector)  # a typo must not halt nothing
         return await _Db(db).run(set_trading_state, state, connector=connector, **kwargs)
+
+
+async def _ask(connector: Connector, call: Awaitable[T]) -> T:
+    """Await a connector's read or cancel; anything outside bagbot's hierarchy becomes
+    :class:`ExchangeUnavailableError` (safe to retry), as ``route_order`` does for creates.
+
+    A connector bug must not escape ``sync``/``cancel``/``reconcile`` as a bare exception:
+    callers (and reconcile's loop over rows) handle bagbot's errors, not a ``KeyError``.
+    """
+    try:
+        return await call
+    except BagbotError:
+        raise
+    except Exception as exc:
+        raise ExchangeUnavailableError(
+            f"{connector.name}: unexpected {type(exc).__name__} from the connector: "
+            f"{audit.redact_text(str(exc))}"
+        ) from exc
 
 
 # -- the module-level API (a process-wide default router) --------------------------------

@@ -109,6 +109,42 @@ def test_four_processes_never_exceed_a_third_party_limit(
     assert sum(sum(r["statuses"].values()) for r in results) == len(rows)  # type: ignore[attr-defined]
 
 
+#: Each built-in control, configured in a file the workers read through BAGBOT_CONFIG: its
+#: setting, the most that may be accepted, and the order's price (limit orders rest open).
+BUILT_IN_RACES = {
+    "daily_notional": ('daily_notional_usd = "150000"', None),
+    "order_rate": ("order_rate = 300\norder_rate_window_seconds = 3600", None),
+    "max_open_orders": ("max_open_orders = 300", "49000"),
+}
+
+
+@pytest.mark.parametrize("control", sorted(BUILT_IN_RACES))
+def test_four_processes_never_exceed_a_built_in_control(
+    db_url: str, tmp_path: Path, control: str
+) -> None:
+    """The built-in controls hold the same race: 4 processes x 250 orders for one user."""
+    setting, price = BUILT_IN_RACES[control]
+    config = tmp_path / "bagbot.toml"
+    config.write_text(f"[risk]\n{setting}\n", encoding="utf-8")
+    spec = {"n": "250", "user": "alice", **({"price": price} if price else {})}
+    results = run_workers(db_url, [dict(spec) for _ in range(4)],
+                          env={"BAGBOT_CONFIG": str(config)})
+    for result in results:
+        assert set(result["errors"]) <= {"RiskCheckError"}, result  # type: ignore[arg-type]
+        assert set(result["refused"]) <= {control}, result  # type: ignore[arg-type]
+    rows = accepted(db_url)
+    if control == "daily_notional":
+        total = sum((o.filled_qty * o.avg_price for o in rows), Decimal(0))  # type: ignore[operator]
+        print(f"\n{db_url.split(':')[0]} daily_notional: accepted {len(rows)} orders, "
+              f"{total} USD of 150000 USD (one order: {ORDER_USD})")
+        assert Decimal(150_000) - ORDER_USD < total <= Decimal(150_000)
+    else:
+        print(f"\n{db_url.split(':')[0]} {control}: accepted {len(rows)} orders of 300")
+        assert len(rows) == 300
+        assert all(o.status == ("open" if price else "filled") for o in rows)
+    assert sum(int(r["create_calls"]) for r in results) == len(rows)  # type: ignore[call-overload]
+
+
 @pytest.mark.postgres
 def test_two_users_do_not_wait_for_each_other_on_postgres(
     postgres_url: str, limits_site: Path

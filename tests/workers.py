@@ -38,6 +38,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         for i in range(args.n):
             payload = {"symbol": "BTC/USDT", "side": "buy", "type": "market",
                        "amount": args.amount}
+            if args.price:  # a limit order: the scripted exchange leaves it resting, open
+                payload.update(type="limit", price=args.price)
             if args.keys:
                 payload["client_order_id"] = f"{args.keys}-{i}"
             try:
@@ -65,6 +67,7 @@ if __name__ == "__main__":
     parser.add_argument("--keys", default="", help="client order id prefix (idempotency races)")
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--amount", default="0.01", help="BTC per market buy")
+    parser.add_argument("--price", default="", help="limit buys at this price (they rest)")
     parser.add_argument("--entrypoints", action="store_true", help="load installed plugins")
     result = asyncio.run(main(parser.parse_args()))
     json.dump(result, sys.stdout)

@@ -91,7 +91,13 @@ from bagbot_core.errors import (
     OrderValidationError,
 )
 from bagbot_core.models import utcnow
-from bagbot_core.money import MAX_SCALE, normalize, parse_number_text, to_decimal
+from bagbot_core.money import (
+    MAX_SCALE,
+    normalize,
+    parse_number_text,
+    round_to_step,
+    to_decimal,
+)
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote, Side
 from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
 from bagbot_core.params import params_to_send
@@ -290,12 +296,7 @@ def _is_multiple(value: Decimal, step: Decimal | None) -> bool:
     return _ROUNDING.remainder(value, step) == 0
 
 
-def _round_to_step(value: Decimal, step: Decimal | None, rounding: str) -> Decimal:
-    if step is None or step <= 0:
-        return normalize(value)
-    units = _ROUNDING.divide(value, step).quantize(Decimal(1), rounding=rounding)
-    return normalize(_ROUNDING.multiply(units, step))
-
+_round_to_step = round_to_step  # one rounding rule: bagbot_core.money
 
 # ---------------------------------------------------------------------------
 # The connector
