@@ -73,9 +73,12 @@ from bagbot_core.status import OrderStatus
 
 __all__ = [
     "CcxtConnector",
+    "average_price",
     "classify_ccxt_error",
     "decimal_or_none",
+    "exchange_message",
     "parse_retry_after",
+    "plain",
     "positive_or_none",
     "scrub_secrets",
 ]
@@ -494,8 +497,14 @@ class CcxtConnector(Connector):
                 retry_after=left,
             )
 
-    async def _call(self, call: Callable[[Any], Awaitable[T]]) -> T:
-        """Run one ccxt call, honouring the pause and classifying what it raises."""
+    async def call(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        """Run one ccxt call, ``await connector.call(lambda ex: ex.fetch_balance())``.
+
+        Every request a subclass sends should go through here: it honours the Retry-After
+        pause (raising :class:`RateLimitedError` without a request), and whatever the call
+        raises comes out as a bagbot error from :meth:`classify_error`, scrubbed and not
+        chained. Nothing is retried.
+        """
         self._check_not_paused()
         exchange = self.exchange
         try:
@@ -627,7 +636,12 @@ class CcxtConnector(Connector):
         raw = await self._call(lambda ex: ex.cancel_order(external_id, symbol, params))
         return self._parse(raw, symbol, client_order_id)
 
-    def _parse(self, raw: Any, symbol: str, client_order_id: str) -> ExchangeOrder:
+    def parse(self, raw: Any, symbol: str, client_order_id: str) -> ExchangeOrder:
+        """``raw`` (a ccxt order answer) through :meth:`order_from_ccxt`.
+
+        Whatever the parser raises becomes :class:`ExchangeUnavailableError` ("unreadable
+        order answer", secrets scrubbed): the order may exist, so it is never a rejection.
+        """
         try:
             return self.order_from_ccxt(raw, symbol=symbol, client_order_id=client_order_id)
         except Exception as exc:
@@ -635,6 +649,17 @@ class CcxtConnector(Connector):
                 f"{self.name or self.exchange_id}: unreadable order answer "
                 f"({type(exc).__name__}: {scrub_secrets(str(exc), self.secrets())})"
             ) from None
+
+    # ``_call``/``_parse`` are what subclasses used before ``call``/``parse`` were declared.
+    # The base's own methods go through them, so overriding either spelling is honoured.
+
+    async def _call(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        """Alias of :meth:`call`, kept for subclasses written against it."""
+        return await self.call(call)
+
+    def _parse(self, raw: Any, symbol: str, client_order_id: str) -> ExchangeOrder:
+        """Alias of :meth:`parse`, kept for subclasses written against it."""
+        return self.parse(raw, symbol, client_order_id)
 
     async def close(self) -> None:
         """Close the exchange object's HTTP session and drop the caches built on it.

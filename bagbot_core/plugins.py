@@ -3,15 +3,29 @@
 Built-in plugins (the five risk checks, the paper exchange) register exactly like installed
 ones; installed distributions are found through the ``bagbot`` entry-point group. Core code
 never calls ``pm.hook.x`` directly: :class:`PluginRegistry` has one typed method per hook.
+
+Every hook is called through pluggy (``pm.hook.<name>(...)``), so call order (``tryfirst``,
+``trylast``, last registered first), ``wrapper=True`` / ``hookwrapper=True`` implementations
+and ``BAGBOT_TRACE_HOOKS`` tracing are pluggy's own and follow pluggy's documentation and
+upgrades; reproducing them would drift. bagbot adds only what pluggy does not do: it names
+the plugin behind each result and each error, and a failing notification implementation
+does not stop the others. It does so at pluggy's one execution seam
+(``PluginManager._inner_hookexec``, the one ``enable_tracing`` wraps): for a call the
+registry makes, each plain implementation is handed to pluggy as a copy whose function
+records what it returned or raised (see :class:`_HookCall`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from types import CodeType
 from typing import Any
 
 import attrs
@@ -36,7 +50,8 @@ from bagbot_core.settings import env_bool
 ENTRY_POINT_GROUP = "bagbot"
 #: Comma-separated plugin names not to load (built-ins included, except ``risk``).
 ENV_DISABLE = "BAGBOT_DISABLE_PLUGINS"
-#: A true boolean (see :mod:`bagbot_core.settings`) prints every hook call to stderr.
+#: A true boolean (see :mod:`bagbot_core.settings`) prints every hook call to stderr, in
+#: pluggy's trace format (hook name and arguments, then its result).
 ENV_TRACE = "BAGBOT_TRACE_HOOKS"
 
 #: Built-in plugins: name -> module. Disable them like any other plugin, except ``risk``.
@@ -81,6 +96,66 @@ class PluginInfo:
     risk_checks: tuple[str, ...]
 
 
+@attrs.define(eq=False)
+class _HookCall:
+    """One hook call the registry makes: who was called, what each returned or raised.
+
+    Results are attributed by identity, so a hook wrapper may reorder, filter or copy the
+    results and each item still names the plugin that returned it; an item no implementation
+    returned was made by a wrapper and names the wrappers.
+    """
+
+    registry: PluginRegistry
+    hook_name: str
+    #: Notification: an implementation's exception is recorded in ``failures``, not raised.
+    isolate: bool
+    started: bool = False
+    #: Attributed copies of the plain implementations, in pluggy's list order.
+    plain: list[pluggy.HookImpl] = attrs.Factory(list)
+    wrappers: list[pluggy.HookImpl] = attrs.Factory(list)
+    called: set[int] = attrs.Factory(set)
+    returned: list[tuple[str, object]] = attrs.Factory(list)
+    raised: list[tuple[BaseException, str]] = attrs.Factory(list)
+    failures: list[tuple[str, BaseException]] = attrs.Factory(list)
+
+    def culprit(self, exc: BaseException) -> list[str]:
+        """The plugin(s) an exception escaping pluggy is due to."""
+        for raised, name in self.raised:  # an implementation raised it first
+            if raised is exc:
+                return [name]
+        codes: dict[CodeType, str] = {}
+        for impl in self.wrappers:
+            code = _code_of(impl.function)
+            if code is not None:
+                codes[code] = impl.plugin_name
+        found = None
+        tb = exc.__traceback__
+        while tb is not None:  # the innermost wrapper frame in the traceback
+            found = codes.get(tb.tb_frame.f_code, found)
+            tb = tb.tb_next
+        return [found] if found is not None else self.wrapper_plugins()
+
+    def wrapper_plugins(self) -> list[str]:
+        return list(dict.fromkeys(impl.plugin_name for impl in self.wrappers))
+
+
+#: The hook call a registry is making in this context (see :meth:`PluginRegistry._hookexec`).
+_CURRENT_CALL: ContextVar[_HookCall | None] = ContextVar("bagbot_hook_call", default=None)
+
+
+def _code_of(function: object) -> CodeType | None:
+    function = inspect.unwrap(function)  # type: ignore[arg-type]
+    function = getattr(function, "__func__", function)
+    code = getattr(function, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def _hook_args(impl: pluggy.HookImpl, kwargs: Mapping[str, object]
+               ) -> tuple[list[object], dict[str, object]]:
+    return ([kwargs[name] for name in impl.argnames],
+            {name: kwargs[name] for name in impl.kwargnames if name in kwargs})
+
+
 def disabled_from_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     raw = (os.environ if environ is None else environ).get(ENV_DISABLE, "")
     return frozenset(name.strip() for name in raw.split(",") if name.strip())
@@ -117,9 +192,14 @@ class PluginRegistry:
         else:
             self.disabled = frozenset(disabled)
             _refuse_protected(self.disabled, "PluginRegistry(disabled=...)")
-        self._trace = env_bool(ENV_TRACE)
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        self._pluggy_exec = self.pm._inner_hookexec
+        self.pm._inner_hookexec = self._hookexec
+        self._hooktrace = self.pm.trace.root.get("hook")
+        if env_bool(ENV_TRACE):
+            self.pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
+            self.pm.enable_tracing()
         self._provenance: dict[str, Provenance] = {}
         self._connectors: dict[str, tuple[ConnectorSpec, Provenance]] | None = None
         self._checks: list[tuple[RiskCheck, Provenance]] | None = None
@@ -134,9 +214,6 @@ class PluginRegistry:
             self._load_entrypoints()
         for name, plugin in plugins:
             self.register(plugin, name)
-        if self._trace:
-            self.pm.trace.root.setwriter(sys.stderr.write)
-            self.pm.enable_tracing()
 
     # -- loading ----------------------------------------------------------------------
 
@@ -195,24 +272,63 @@ class PluginRegistry:
     # -- registration hooks --------------------------------------------------------------
 
     def _collect(self, hook_name: str) -> list[tuple[Any, Provenance]]:
-        """Call a registration hook plugin by plugin, keeping who returned what."""
-        out: list[tuple[Any, Provenance]] = []
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():  # registration order
-            provenance = self._provenance.get(
-                impl.plugin_name, Provenance(impl.plugin_name, "<unknown>", "")
+        """Call a registration hook through pluggy, keeping who returned what."""
+        call = _HookCall(self, hook_name, isolate=False)
+        token = _CURRENT_CALL.set(call)
+        try:
+            results = getattr(self.pm.hook, hook_name)()
+        except BagbotError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{hook_name} of {self._provenance_of(call.culprit(exc))} raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            _CURRENT_CALL.reset(token)
+        by_wrappers = self._provenance_of(call.wrapper_plugins())
+        if not isinstance(results, list):
+            raise PluginError(
+                f"{hook_name} of {by_wrappers} returned {type(results).__name__}, expected "
+                "the list of each plugin's results"
             )
+        pending = list(call.returned)
+        owners: dict[int, str] | None = None  # id(item) -> plugin, built if a wrapper copied
+        out: list[tuple[Any, Provenance]] = []
+        for result in results:
+            index = next((i for i, (_, value) in enumerate(pending) if value is result), None)
+            owner = None if index is None else pending.pop(index)[0]
             try:
-                items = list(impl.function() or ())
-                self._trace_call(hook_name, impl.plugin_name, f"returned {len(items)}")
-            except BagbotError:
-                raise
+                items = list(result)
             except Exception as exc:
+                where = by_wrappers if owner is None else self._provenance_of([owner])
                 raise PluginError(
-                    f"{hook_name} of {provenance} raised {type(exc).__name__}: {exc}"
+                    f"{hook_name} of {where} raised {type(exc).__name__}: {exc}"
                 ) from exc
-            out.extend((item, provenance) for item in items)
+            if owner is not None:
+                out.extend((item, self._provenance_of([owner])) for item in items)
+                continue
+            if owners is None:
+                owners = {}
+                for name, value in call.returned:
+                    if isinstance(value, (list, tuple)):
+                        for item in value:
+                            owners.setdefault(id(item), name)
+            out.extend(
+                (item, by_wrappers if id(item) not in owners
+                 else self._provenance_of([owners[id(item)]]))
+                for item in items
+            )
         return out
+
+    def _provenance_of(self, names: Sequence[str]) -> Provenance:
+        found = [self._provenance.get(name, Provenance(name, "<unknown>", "")) for name in names]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            return Provenance("<unknown>", "<unknown>", "")
+        return Provenance(" or ".join(p.plugin for p in found),
+                          " or ".join(dict.fromkeys(p.distribution for p in found)), "")
 
     def connectors(self) -> dict[str, tuple[ConnectorSpec, Provenance]]:
         """Every connector by name, with its provenance. Cached."""
@@ -250,7 +366,7 @@ class PluginRegistry:
             ) from None
 
     def risk_checks(self) -> list[RiskCheck]:
-        """Every risk check, in plugin registration order. Cached."""
+        """Every risk check, in pluggy's call order of the plugins. Cached."""
         return [check for check, _ in self._risk_checks_with_provenance()]
 
     def _risk_checks_with_provenance(self) -> list[tuple[RiskCheck, Provenance]]:
@@ -289,27 +405,76 @@ class PluginRegistry:
     # -- notification hooks --------------------------------------------------------------
 
     def notify(self, hook_name: str, **kwargs: Any) -> list[tuple[str, BaseException]]:
-        """Call a notification hook on every plugin; failures are returned, not raised.
+        """Call a notification hook through pluggy; failures are returned, not raised.
 
-        Each implementation is called on its own, so one failing plugin does not stop the
-        others from being told.
+        pluggy stops a call at the first exception; here an implementation's exception is
+        recorded and the next implementation is still told, in pluggy's order and inside the
+        hook wrappers. A wrapper that raises is recorded too, and any implementation it kept
+        from running is then told directly (its wrappers failed, so without them).
+
+        :return: ``(plugin name, exception)`` per failure, in call order.
         """
-        failures: list[tuple[str, BaseException]] = []
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            args = {name: kwargs[name] for name in impl.argnames}
-            try:
-                impl.function(**args)
-                self._trace_call(hook_name, impl.plugin_name, "ok")
-            except Exception as exc:
-                self._trace_call(hook_name, impl.plugin_name, f"raised {type(exc).__name__}")
-                failures.append((impl.plugin_name, exc))
-        return failures
+        call = _HookCall(self, hook_name, isolate=True)
+        token = _CURRENT_CALL.set(call)
+        try:
+            getattr(self.pm.hook, hook_name)(**kwargs)
+        except pluggy.HookCallError:
+            raise  # the core passed the wrong arguments: a bug, not a plugin's failure
+        except Exception as exc:
+            culprit = self._provenance_of(call.culprit(exc)).plugin
+            call.failures.append((culprit, exc))
+            self._hooktrace("failed", hook_name, f"[{culprit}]", type(exc).__name__)
+            for impl in reversed(call.plain):
+                if id(impl) not in call.called:
+                    args, kw = _hook_args(impl, kwargs)
+                    impl.function(*args, **kw)
+        finally:
+            _CURRENT_CALL.reset(token)
+        return call.failures
 
-    def _trace_call(self, hook_name: str, plugin: str, outcome: str) -> None:
-        """One line per hook call with ``BAGBOT_TRACE_HOOKS`` on: names only, no values."""
-        if self._trace:
-            sys.stderr.write(f"bagbot hook {hook_name} [{plugin}]: {outcome}\n")
+    # -- pluggy's execution seam ------------------------------------------------------------
+
+    def _hookexec(self, hook_name: str, hook_impls: Sequence[pluggy.HookImpl],
+                  caller_kwargs: Mapping[str, object], firstresult: bool) -> object:
+        """pluggy's call, with attributed implementations for a call this registry makes."""
+        call = _CURRENT_CALL.get()
+        if (call is None or call.registry is not self or call.hook_name != hook_name
+                or call.started):
+            return self._pluggy_exec(hook_name, hook_impls, caller_kwargs, firstresult)
+        call.started = True
+        impls = [self._attributed(call, impl) for impl in hook_impls]
+        return self._pluggy_exec(hook_name, impls, caller_kwargs, firstresult)
+
+    def _attributed(self, call: _HookCall, impl: pluggy.HookImpl) -> pluggy.HookImpl:
+        """``impl`` with a function that records its result, or its exception, in ``call``.
+
+        Wrappers are handed to pluggy unchanged (their exceptions are attributed from the
+        traceback, see :meth:`_HookCall.culprit`), so pluggy drives them exactly as documented.
+        """
+        if impl.wrapper or impl.hookwrapper:
+            call.wrappers.append(impl)
+            return impl
+        function, name, hooktrace = impl.function, impl.plugin_name, self._hooktrace
+
+        @functools.wraps(function)
+        def attributed(*args: object, **kwargs: object) -> object:
+            call.called.add(id(copy))
+            try:
+                result = function(*args, **kwargs)
+            except Exception as exc:
+                if not call.isolate:
+                    call.raised.append((exc, name))
+                    raise
+                call.failures.append((name, exc))
+                hooktrace("failed", call.hook_name, f"[{name}]", type(exc).__name__)
+                return None
+            if result is not None:
+                call.returned.append((name, result))
+            return result
+
+        copy = pluggy.HookImpl(impl.plugin, name, attributed, impl.opts)
+        call.plain.append(copy)
+        return copy
 
 
 def _import(module: str, name: str, distribution: str) -> object:

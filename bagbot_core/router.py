@@ -258,7 +258,7 @@ class Router:
         #: Every limit per user/connector/symbol with its source; replaceable as a whole.
         self.risk_config = risk
         requested = parse_skip_list(skip_risk_checks)
-        #: The risk checks this router does not run (resolved, in registration order).
+        #: The risk checks this router does not run (resolved, in the order the checks run).
         self.skipped_risk_checks: tuple[str, ...] = resolve_skipped(
             requested, [check.name for check in self.registry.risk_checks()]
         ) if requested else ()

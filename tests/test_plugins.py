@@ -250,8 +250,9 @@ def test_duplicate_risk_check_name_in_process() -> None:
             return [RiskCheck("max_quantity", lambda c: None)]
 
     registry = PluginRegistry(disabled=(), load_entrypoints=False, plugins=[("again", Again())])
-    with pytest.raises(DuplicateNameError, match=r"max_quantity.*bagbot-core.*again"):
+    with pytest.raises(DuplicateNameError, match=r"max_quantity") as raised:
         registry.risk_checks()
+    assert "bagbot-core" in str(raised.value) and "'again'" in str(raised.value)
 
 
 def test_a_failing_notification_hook_does_not_fail_routing() -> None:

@@ -44,27 +44,30 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from bagbot_core.ccxt_support import (
+from bagbot_core.plugin import (
+    BagbotError,
+    Capabilities,
     CcxtConnector,
+    ConfigurationError,
+    ConnectorSettings,
+    ExchangeOrder,
+    ExchangeRejectedError,
+    OrderStatus,
+    OrderType,
+    ParamSpec,
+    Quote,
+    Secret,
     average_price,
     classify_ccxt_error,
+    config_secret,
     decimal_or_none,
+    declare_params,
+    endpoint_is_live,
     exchange_message,
+    http_base_url,
     positive_or_none,
     scrub_secrets,
 )
-from bagbot_core.connector import (
-    Capabilities,
-    ConnectorSettings,
-    config_secret,
-    http_base_url,
-)
-from bagbot_core.endpoints import endpoint_is_live
-from bagbot_core.errors import BagbotError, ConfigurationError, ExchangeRejectedError
-from bagbot_core.orders import ExchangeOrder, OrderType, Quote
-from bagbot_core.params import ParamSpec, declare_params
-from bagbot_core.secrets import Secret
-from bagbot_core.status import OrderStatus
 
 __all__ = ["PARAMS", "BinanceConnector", "map_status"]
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bagbot_core.connector import Connector, ConnectorSettings, ConnectorSpec
-from bagbot_core.markers import hookimpl
+from bagbot_core.plugin import Connector, ConnectorSettings, ConnectorSpec, hookimpl
 
 
 def _make_binance(settings: ConnectorSettings) -> Connector:

@@ -102,32 +102,35 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from bagbot_core.ccxt_support import (
-    CcxtConnector,
-    average_price,
-    decimal_or_none,
-    plain,
-    positive_or_none,
-)
-from bagbot_core.connector import (
-    Capabilities,
-    ConnectorSettings,
-    config_bool,
-    config_secret,
-    http_base_url,
-)
-from bagbot_core.errors import (
+from bagbot_core.plugin import (
     BagbotError,
+    Capabilities,
+    CcxtConnector,
     ConfigurationError,
+    ConnectorSettings,
+    ExchangeOrder,
     ExchangeOrderNotFoundError,
     ExchangeRejectedError,
     ExchangeUnavailableError,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    ParamKind,
+    ParamSpec,
+    Quote,
+    Secret,
+    Side,
+    average_price,
+    config_bool,
+    config_secret,
+    decimal_or_none,
+    declare_params,
+    http_base_url,
+    normalize,
+    params_to_send,
+    plain,
+    positive_or_none,
 )
-from bagbot_core.money import normalize
-from bagbot_core.orders import ExchangeOrder, OrderRequest, OrderType, Quote, Side
-from bagbot_core.params import ParamKind, ParamSpec, declare_params, params_to_send
-from bagbot_core.secrets import Secret
-from bagbot_core.status import OrderStatus
 
 __all__ = [
     "PARAMS",
