@@ -3,6 +3,10 @@ lint, typecheck, and the demo. ``nox`` runs them all; ``nox -s tests`` just the 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tomllib
 from pathlib import Path
 
 import nox
@@ -10,7 +14,7 @@ import nox
 ROOT = Path(__file__).parent
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
 
-nox.options.sessions = ["tests", "plugin", "lint", "typecheck", "demo"]
+nox.options.sessions = ["tests", "plugin", "lint", "typecheck", "demo", "build"]
 nox.options.error_on_missing_interpreters = True
 
 CORE_TEST = ".[testing,postgres,asyncio]"
@@ -35,8 +39,10 @@ def plugin(session: nox.Session, name: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.5")
+    """ruff, and the import contracts of pyproject.toml (bagbot's layers, docs/architecture.md)."""
+    session.install("ruff>=0.5", "import-linter>=2.17")
     session.run("ruff", "check", ".")
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session
@@ -52,6 +58,43 @@ def demo(session: nox.Session) -> None:
     session.install(".")
     tmp = session.create_tmp()
     session.run("bagbot", "--database-url", f"sqlite:///{tmp}/demo.db", "demo")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """The distributions as an index and a user get them (in the default run: building and
+    installing into a fresh venv takes well under a minute).
+
+    Wheels and sdists for the core and every plugin under plugins/ (each wheel built from
+    its sdist), ``twine check`` on all of them, then the wheels alone installed into a new
+    venv, where ``bagbot plugins`` must list every plugin's entry points with what they
+    offer and ``bagbot new-plugin`` must find its templates.
+    """
+    session.install("build>=1.2", "twine>=5")
+    tmp = Path(session.create_tmp())
+    dist, fresh = tmp / "dist", tmp / "fresh"
+    for old in (dist, fresh, tmp / "smoke"):
+        shutil.rmtree(old, ignore_errors=True)
+    projects = [ROOT, *(ROOT / "plugins" / name for name in PLUGINS)]
+    for project in projects:
+        session.run("python", "-m", "build", "--outdir", str(dist), str(project))
+    session.run("twine", "check", *sorted(str(p) for p in dist.iterdir()))
+    session.run("python", "-m", "venv", str(fresh))
+    bindir = fresh / ("Scripts" if os.name == "nt" else "bin")
+    session.run(str(bindir / "python"), "-m", "pip", "install", "--quiet",
+                *sorted(str(p) for p in dist.glob("*.whl")), external=True)
+    listed = json.loads(session.run(str(bindir / "bagbot"), "plugins", "--json",
+                                    silent=True, stderr=None, external=True) or "[]")
+    offered = {(row["distribution"], row["plugin"]): row["connectors"] + row["risk_checks"]
+               for row in listed}
+    for project in projects[1:]:
+        meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+        for plugin in meta.get("entry-points", {}).get("bagbot", {}):
+            if not offered.get((meta["name"], plugin)):
+                session.error(f"bagbot plugins does not list {plugin} from {meta['name']} "
+                              f"with a connector or risk check: {listed}")
+    session.run(str(bindir / "bagbot"), "new-plugin", "risk", "smoke", str(tmp / "smoke"),
+                external=True)
 
 
 @nox.session

@@ -16,12 +16,16 @@ Conventions:
 * the audit log goes to a file (``BAGBOT_LOG_FILE``, else next to the SQLite database) so
   it never mixes with the tables; ``-v`` sends it to stderr instead;
 * start-up stays cheap: SQLAlchemy, the router and asyncio are imported inside the commands
-  that need them, so ``bagbot --help`` and ``bagbot plugins`` never load them (nor ccxt).
+  that need them, so ``bagbot --help`` and ``bagbot plugins`` never load them (nor ccxt);
+* plugins add commands through ``bagbot_register_commands`` (:func:`cli_with_plugins`, run
+  by :func:`main`); :data:`cli` itself holds the core's commands only, among them the empty
+  ``soak`` group connector plugins put their fault soaks in (:mod:`bagbot_core.cli_soak`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import os
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from bagbot_core.models import Order
+    from bagbot_core.plugins import PluginRegistry
     from bagbot_core.router import Router
     from bagbot_core.views import OrderView
 
@@ -707,6 +712,25 @@ def plugins(as_json: bool) -> None:
                             rows))
 
 
+@cli.command("new-plugin", short_help="Write a connector or risk-check plugin package.")
+@click.argument("kind", type=click.Choice(["connector", "risk"]))
+@click.argument("name")
+@click.argument("directory", metavar="[DIR]", required=False, type=click.Path())
+def new_plugin(kind: str, name: str, directory: str | None) -> None:
+    """Write a plugin package: pyproject, module, tests and a noxfile that pass out of the box.
+
+    NAME names the plugin, its connector or check, and the package bagbot_NAME. DIR
+    (default ./bagbot-NAME) must not exist.
+    """
+    from pathlib import Path
+
+    from bagbot_core.scaffold import new_plugin as write
+
+    target = write(kind, name, Path(directory) if directory is not None else None)
+    click.echo(f"wrote {kind} plugin {name} to {target}")
+    click.echo(f"next: pip install -e '{target}[testing]' && pytest {target}")
+
+
 @cli.group()
 def risk() -> None:
     """Risk checks: their limits, where each comes from, trading states."""
@@ -903,18 +927,59 @@ def demo(settings: Settings) -> None:
             f"demo: {len(unexpected)} step(s) did not go as expected: {'; '.join(unexpected)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``bagbot`` console script; returns the exit code."""
+def _copy_group(group: click.Group) -> click.Group:
+    """``group`` with its own command tables (nested groups copied too), same commands."""
+    copied = copy.copy(group)
+    copied.commands = {name: _copy_group(command) if isinstance(command, click.Group)
+                       else command for name, command in group.commands.items()}
+    return copied
+
+
+def cli_with_plugins(registry: PluginRegistry | None = None,
+                     err: TextIO | None = None) -> click.Group:
+    """A copy of :data:`cli` with the commands plugins add (``bagbot_register_commands``).
+
+    :data:`cli` itself never changes, so a plugin can neither alter the core's commands
+    for other callers nor break them: a plugin whose hook raises, or a registry that cannot
+    load, is reported on ``err`` (stderr) as one ``warning:`` line and the rest works.
+
+    :param registry: Whose plugins (default: the installed ones, as ``bagbot plugins``).
+    """
+    from bagbot_core.plugins import PluginRegistry
+
+    group = _copy_group(cli)
+    stream = err if err is not None else sys.stderr
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="bagbot")
+        failures = (registry or PluginRegistry()).register_commands(group)
+    except BagbotError as exc:  # the command that needs plugins reports it as an error
+        click.echo(f"warning: plugin commands not loaded: {printable(_one_line(str(exc)))}",
+                   file=stream)
+        return group
+    for provenance, failure in failures:
+        reason = f"{type(failure).__name__}: {failure}"
+        click.echo(f"warning: plugin {provenance.plugin!r} from {provenance.distribution} "
+                   f"could not add its commands: {printable(_one_line(reason))}", file=stream)
+    return group
+
+
+def main(argv: Sequence[str] | None = None, *, group: click.Group | None = None) -> int:
+    """The ``bagbot`` console script, with the plugins' commands; returns the exit code.
+
+    :param group: The command line to run (default: :func:`cli_with_plugins`).
+    """
+    try:
+        (group or cli_with_plugins()).main(args=list(argv) if argv is not None else None,
+                                           prog_name="bagbot")
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
 
 
+from bagbot_core.cli_soak import register as _register_soak  # noqa: E402 - needs cli
 from bagbot_core.cli_state import register as _register_state  # noqa: E402 - needs cli
 
 _register_state(cli)  # bagbot halt | reduce | resume, bagbot risk status
+_register_soak(cli)  # bagbot soak: each connector plugin adds its own
 
 
 if __name__ == "__main__":

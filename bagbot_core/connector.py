@@ -117,6 +117,22 @@ class Connector(abc.ABC):
         )
         return self.live
 
+    # -- client order ids -------------------------------------------------------------
+
+    def exchange_client_id(self, client_order_id: str) -> str:
+        """``client_order_id`` (bagbot's, as in the order row) in the form the exchange takes.
+
+        The router passes this form -- never the row's -- to :meth:`create_order`,
+        :meth:`fetch_order` and :meth:`cancel_order`, so reconcile finds by it what was
+        placed with it; the row keeps bagbot's id. The default is the identity: bagbot's own
+        ids (34 characters, ``[a-z0-9]``) suit most exchanges. Override it when the exchange
+        has other rules (Kraken: a UUID or at most 18 characters) with a *deterministic*
+        function of the id alone (``uuid.uuid5``, a hash): never random, never stateful, or
+        nothing placed can be found again. Ids from callers (idempotency keys) go through it
+        too. No inverse is needed: bagbot always starts from the row.
+        """
+        return client_order_id
+
     @abc.abstractmethod
     async def load_markets(self, *, reload: bool = False) -> Mapping[str, Market]:
         """Markets by unified symbol (``BASE/QUOTE``). Cached; ``reload=True`` refreshes."""

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from bagbot_core.markers import hookspec
 
 if TYPE_CHECKING:
+    import click
+
     from bagbot_core.connector import ConnectorSpec
     from bagbot_core.errors import BagbotError
     from bagbot_core.orders import OrderRequest
@@ -60,6 +62,23 @@ def bagbot_add_risk_checks() -> Sequence[RiskCheck]:
 
     :return: :class:`~bagbot_core.risk.RiskCheck` objects with stable, unique names (a name
         used twice is a :class:`~bagbot_core.errors.DuplicateNameError`).
+    """
+
+
+@hookspec
+def bagbot_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``bagbot`` command line (like datasette's ``register_commands``).
+
+    Called once when the ``bagbot`` console script starts, before it parses its arguments,
+    so keep it as cheap as ``bagbot --help`` must be: build the :mod:`click` commands here
+    and import what they run (ccxt, SQLAlchemy, aiohttp) inside their callbacks. Add to
+    ``cli`` with ``cli.add_command(...)``, or to one of its groups: a connector's fault soak
+    goes under ``cli.commands["soak"]``, named after the connector (``bagbot soak
+    --connector NAME``). Do not replace a command bagbot or another plugin added. An
+    implementation that raises is reported on stderr with its distribution, and every
+    other command still works.
+
+    :param cli: The root ``bagbot`` group (a copy for this run: changes last one process).
     """
 
 

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -45,6 +45,9 @@ from bagbot_core.markers import PROJECT
 from bagbot_core.payload import check_connector_name
 from bagbot_core.risk import ENV_SKIP_RISK_CHECKS, RiskCheck
 from bagbot_core.settings import env_bool
+
+if TYPE_CHECKING:
+    import click
 
 #: The entry-point group installed plugins register under.
 ENTRY_POINT_GROUP = "bagbot"
@@ -431,6 +434,18 @@ class PluginRegistry:
         finally:
             _CURRENT_CALL.reset(token)
         return call.failures
+
+    # -- command line ---------------------------------------------------------------------
+
+    def register_commands(self, cli: click.Group) -> list[tuple[Provenance, BaseException]]:
+        """Let every plugin add its commands to ``cli`` (``bagbot_register_commands``).
+
+        Called like a notification (see :meth:`notify`): a plugin whose hook raises is
+        returned with its provenance, the others still add theirs, so one broken plugin
+        never takes the whole command line down.
+        """
+        return [(self._provenance_of([name]), exc)
+                for name, exc in self.notify("bagbot_register_commands", cli=cli)]
 
     # -- pluggy's execution seam ------------------------------------------------------------
 

@@ -617,7 +617,8 @@ class Router:
     ) -> Order:
         log.info("submitted")
         try:
-            state = await connector.create_order(request, order.client_order_id)
+            state = await connector.create_order(
+                request, connector.exchange_client_id(order.client_order_id))
         except (ExchangeRejectedError, RateLimitedError) as error:
             # RateLimitedError: the exchange answered 429/418, or the connector refused to
             # send inside a Retry-After window. Either way nothing was placed.
@@ -856,7 +857,8 @@ class Router:
         log = self._order_log(order)
         connector = await self._connector_for(runner, order)
         state = await _ask(connector, connector.fetch_order(
-            order.symbol, external_id=order.external_id, client_order_id=order.client_order_id))
+            order.symbol, external_id=order.external_id,
+            client_order_id=connector.exchange_client_id(order.client_order_id)))
         return await self._record(runner, log, order, state, "synced", connector)
 
     async def cancel_order(self, db: Any, order: Order | int) -> Order:
@@ -881,7 +883,8 @@ class Router:
         connector = await self._connector_for(runner, order)
         log.info("cancel_requested")
         state = await _ask(connector, connector.cancel_order(
-            order.symbol, external_id=order.external_id, client_order_id=order.client_order_id))
+            order.symbol, external_id=order.external_id,
+            client_order_id=connector.exchange_client_id(order.client_order_id)))
         return await self._record(runner, log, order, state, "canceled", connector)
 
     async def reconcile(
@@ -912,7 +915,7 @@ class Router:
             try:
                 state = await _ask(conn, conn.fetch_order(
                     order.symbol, external_id=order.external_id,
-                    client_order_id=order.client_order_id))
+                    client_order_id=conn.exchange_client_id(order.client_order_id)))
             except ExchangeOrderNotFoundError:
                 if order.created_at > horizon:
                     log.info("reconcile_deferred", reason="not on the exchange yet; too young")

@@ -9,8 +9,10 @@ declared reason in the report.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +34,7 @@ VARIANTS = textwrap.dedent('''
 
     from bagbot_core.connector import (
         Capabilities, ConnectorSpec, check_market_limits)
-    from bagbot_core.errors import ExchangeRejectedError
+    from bagbot_core.errors import ExchangeRejectedError, ExchangeUnavailableError
     from bagbot_core.markers import hookimpl
     from bagbot_core.orders import OrderType
     from bagbot_core.paper.connector import PaperConnector
@@ -162,6 +164,69 @@ VARIANTS = textwrap.dedent('''
             return ()
 
 
+    class PlainExceptionOnReadFault(Honest):
+        """Its error classification turns a backend failure into a bare Exception (paper's
+        backend is its database; a ccxt connector's would be ``classify_error``)."""
+
+        def _run(self, work, **kwargs):
+            try:
+                return super()._run(work, **kwargs)
+            except ExchangeUnavailableError as exc:
+                raise Exception(str(exc)) from None
+
+
+    class PartialFillsReadOpen(Honest):
+        """Reports a partly filled order as plain ``open``."""
+
+        @staticmethod
+        def _view(row):
+            state = PaperConnector._view(row)
+            if state.status is OrderStatus.PARTIALLY_FILLED:
+                return attrs.evolve(state, status=OrderStatus.OPEN)
+            return state
+
+
+    def _kraken_ok(client_order_id):
+        if len(client_order_id) <= 18:
+            return True
+        try:
+            return str(uuid.UUID(client_order_id)) == client_order_id
+        except ValueError:
+            return False
+
+
+    class KrakenLikeIds(Honest):
+        """An exchange taking a UUID or at most 18 characters, with the mapping declared."""
+
+        def exchange_client_id(self, client_order_id):
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, "bagbot:" + client_order_id))
+
+        def _check(self, client_order_id):
+            if not _kraken_ok(client_order_id):
+                raise ExchangeRejectedError(f"invalid client order id {client_order_id!r}")
+
+        async def create_order(self, order, client_order_id):
+            self._check(client_order_id)
+            return await super().create_order(order, client_order_id)
+
+        async def fetch_order(self, symbol, *, external_id, client_order_id):
+            self._check(client_order_id)
+            return await super().fetch_order(
+                symbol, external_id=external_id, client_order_id=client_order_id)
+
+        async def cancel_order(self, symbol, *, external_id, client_order_id):
+            self._check(client_order_id)
+            return await super().cancel_order(
+                symbol, external_id=external_id, client_order_id=client_order_id)
+
+
+    class RandomIdForm(KrakenLikeIds):
+        """Maps client order ids to a fresh UUID each time: nothing can be found again."""
+
+        def exchange_client_id(self, client_order_id):
+            return str(uuid.uuid4())
+
+
     class Plugin:
         def __init__(self, cls):
             self.cls = cls
@@ -211,6 +276,17 @@ VARIANTS = textwrap.dedent('''
             inspect_placements=unsupported("the fake keeps no request log"))
 
 
+    class OldHandle(VariantHandle):
+        """A third-party handle written before fail_next_read() and fill_partially()."""
+
+        fail_next_read = ExchangeHandle.fail_next_read
+        fill_partially = ExchangeHandle.fill_partially
+
+
+    class OldFake(Honest):
+        """Paper as it is, behind a handle without the newer fault operations."""
+
+
     class SilentFake(Honest):
         """Paper as it is, behind a handle without placements()."""
 
@@ -250,6 +326,11 @@ VARIANTS = textwrap.dedent('''
     TestUndeclaredEndpoints = suite_for(UndeclaredEndpoints)
     TestTakesUrl = suite_for(TakesUrl, UrlHandle)
     TestHidesUrl = suite_for(HidesUrl, UrlHandle)
+    TestOldFake = suite_for(OldFake, OldHandle)
+    TestPlainExceptionOnReadFault = suite_for(PlainExceptionOnReadFault)
+    TestPartialFillsReadOpen = suite_for(PartialFillsReadOpen)
+    TestKrakenLikeIds = suite_for(KrakenLikeIds)
+    TestRandomIdForm = suite_for(RandomIdForm)
 ''')
 
 #: Every test of the suite (kept in step with ConnectorConformance on purpose).
@@ -277,14 +358,18 @@ ALL_TESTS = frozenset({
     "test_declared_params_are_well_formed",
     "test_params_that_change_the_order_are_refused_before_the_exchange",
     "test_params_never_change_the_order_the_exchange_receives",
+    "test_read_faults_on_orders_raise_exchange_unavailable",
+    "test_read_faults_on_markets_and_quotes_raise_exchange_unavailable",
+    "test_partial_fill_reads_partially_filled",
+    "test_client_order_id_in_the_exchange_form_is_found_again",
 })
 #: What the paper handle declares unsupported (and the in-process registration).
 PAPER_SKIPS = frozenset({
     "test_testnet_on_a_live_host_is_refused",
     "test_discovered_through_entry_point",
-    "test_timeout_after_accept_is_unknown_and_reconciles",
     "test_no_secret_leaks",
     "test_markets_are_loaded_once",
+    "test_read_faults_on_markets_and_quotes_raise_exchange_unavailable",
 })
 
 
@@ -359,6 +444,7 @@ def test_reporting_filled_without_filling_fails(pytester: pytest.Pytester) -> No
         "test_limit_order_is_canceled",
         "test_cancel_of_an_order_that_filled_meanwhile_changes_nothing",
         "test_client_order_id_reaches_the_exchange_and_finds_the_order",
+        "test_partial_fill_reads_partially_filled",
     )
     assert "must rest open" in outcomes.failed[
         "test_limit_order_rests_then_fills_when_the_market_moves"]
@@ -371,6 +457,9 @@ def test_losing_the_client_order_id_fails(pytester: pytest.Pytester) -> None:
         "test_client_order_id_reaches_the_exchange_and_finds_the_order",
         "test_idempotency_key_never_places_a_second_order",
         "test_params_never_change_the_order_the_exchange_receives",
+        "test_timeout_after_accept_is_unknown_and_reconciles",
+        "test_partial_fill_reads_partially_filled",
+        "test_client_order_id_in_the_exchange_form_is_found_again",
     )
 
 
@@ -391,6 +480,7 @@ def test_float_prices_fail(pytester: pytest.Pytester) -> None:
         outcomes,
         "test_market_buy_fills_with_exact_amount_and_price",
         "test_limit_order_rests_then_fills_when_the_market_moves",
+        "test_partial_fill_reads_partially_filled",
     )
 
 
@@ -436,6 +526,46 @@ def test_accepting_a_live_host_as_testnet_fails(pytester: pytest.Pytester) -> No
         outcomes["TestHidesUrl::test_testnet_on_a_live_host_is_refused"].longrepr)
 
 
+def test_a_plain_exception_for_a_read_fault_fails(pytester: pytest.Pytester) -> None:
+    outcomes = run_variant(pytester, "PlainExceptionOnReadFault")
+    expect_failures(outcomes, "test_read_faults_on_orders_raise_exchange_unavailable")
+    failure = outcomes.failed["test_read_faults_on_orders_raise_exchange_unavailable"]
+    assert "fetch_order with a server_error raised Exception" in failure
+
+
+def test_a_partial_fill_read_as_open_fails(pytester: pytest.Pytester) -> None:
+    outcomes = run_variant(pytester, "PartialFillsReadOpen")
+    expect_failures(outcomes, "test_partial_fill_reads_partially_filled")
+    assert "must read partially_filled" in outcomes.failed[
+        "test_partial_fill_reads_partially_filled"]
+
+
+def test_client_ids_in_the_exchange_form_pass_the_whole_suite(
+    pytester: pytest.Pytester,
+) -> None:
+    """An exchange refusing bagbot's 34-character ids works once the connector declares
+    ``exchange_client_id``: the router places, syncs, cancels and reconciles by that form."""
+    outcomes = run_variant(pytester, "KrakenLikeIds")
+    expect_failures(outcomes)
+    assert "test_client_order_id_in_the_exchange_form_is_found_again" in outcomes.passed
+    assert "test_timeout_after_accept_is_unknown_and_reconciles" in outcomes.passed
+
+
+def test_a_client_id_form_that_is_not_deterministic_fails(pytester: pytest.Pytester) -> None:
+    outcomes = run_variant(pytester, "RandomIdForm")
+    expect_failures(
+        outcomes,
+        "test_client_order_id_reaches_the_exchange_and_finds_the_order",
+        "test_idempotency_key_never_places_a_second_order",
+        "test_timeout_after_accept_is_unknown_and_reconciles",
+        "test_partial_fill_reads_partially_filled",
+        "test_client_order_id_in_the_exchange_form_is_found_again",
+        "test_params_never_change_the_order_the_exchange_receives",
+    )
+    assert "not deterministic" in outcomes.failed[
+        "test_client_order_id_in_the_exchange_form_is_found_again"]
+
+
 def test_params_that_change_the_placed_order_fail(pytester: pytest.Pytester) -> None:
     outcomes = run_variant(pytester, "ParamsOverrideAmount")
     expect_failures(outcomes, "test_params_never_change_the_order_the_exchange_receives")
@@ -466,6 +596,21 @@ def test_a_handle_without_placements_is_told_to_implement_it(
     assert "inspect_placements=unsupported" in failure
 
 
+def test_a_handle_without_the_newer_operations_is_told_what_to_do(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_variants=VARIANTS)
+    recorder = pytester.inline_run(
+        "-p", "no:cacheprovider", "-k",
+        "TestOldFake and (test_read_faults_on_orders or test_partial_fill)",
+        "test_variants.py")
+    outcomes = Outcomes(recorder.getreports("pytest_runtest_logreport"))
+    assert "fail_next_read() is not implemented" in outcomes.failed[
+        "test_read_faults_on_orders_raise_exchange_unavailable"]
+    assert "Requirements(partial_fills=unsupported('why'))" in outcomes.failed[
+        "test_partial_fill_reads_partially_filled"]
+
+
 def test_a_handle_declaring_placements_unsupported_gets_the_weaker_check(
     pytester: pytest.Pytester,
 ) -> None:
@@ -484,9 +629,28 @@ def test_declared_unsupported_capabilities_skip_with_the_reason(
                  "test_fetch_of_an_unknown_order_is_not_found"):
         assert "declares Capabilities(fetch_by_client_order_id=False)" in outcomes.skipped[name]
     # Handle-level declarations skip the same way, with the handle's words.
-    assert "no network answer to drop" in outcomes.skipped[
-        "test_timeout_after_accept_is_unknown_and_reconciles"]
+    assert "no request to fail" in outcomes.skipped[
+        "test_read_faults_on_markets_and_quotes_raise_exchange_unavailable"]
     assert "no market request to count" in outcomes.skipped["test_markets_are_loaded_once"]
+
+
+def test_an_installed_suite_failure_shows_the_compared_values(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The suite lives outside the tested package's tree (as when installed from a wheel):
+    pytest rewrites its asserts only because ``bagbot_core.testing`` registers it."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    pytester.makepyfile(test_variants=VARIANTS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-k",
+        "TestFloatAverage and test_market_buy_fills_with_exact_amount_and_price",
+        "test_variants.py")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "(floats?)" in output  # the suite's own message ...
+    # ... and, from the rewritten assert, both compared values
+    compared = r"assert Decimal\('\d+\.\d{10,}'\) == Decimal\('\d+\.\d+'\)"
+    assert re.search(compared, output), output[-3000:]
 
 
 def test_a_subclass_without_a_handle_fails_loudly(pytester: pytest.Pytester) -> None:

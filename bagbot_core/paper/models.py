@@ -1,7 +1,10 @@
 """The paper exchange's tables: ``paper_balances`` and ``paper_orders``.
 
 They live on :data:`bagbot_core.models.Base`'s metadata, so :func:`bagbot_core.db.init_db`
-creates them next to the router's ``orders`` table, in the same database. Money columns are
+creates them next to the router's ``orders`` table, in the same database -- also when the
+``paper`` plugin is disabled: they are in the first released migration (``0001``), so every
+database at a revision has one schema and ``bagbot db upgrade`` alone changes it (creating
+them on first use would put DDL on the routing path, where processes race). Money columns are
 :class:`~bagbot_core.models.ExactDecimal` (exact on SQLite and PostgreSQL alike).
 """
 

@@ -41,11 +41,12 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -65,6 +66,7 @@ from bagbot_core.db import dispose_engines, get_engine, session_factory, sync_ur
 from bagbot_core.errors import (
     ExchangeOrderNotFoundError,
     ExchangeRejectedError,
+    ExchangeUnavailableError,
     LiveTradingNotAllowedError,
     OrderStatusUnknownError,
     OrderValidationError,
@@ -79,6 +81,9 @@ from bagbot_core.router import Router
 from bagbot_core.status import OrderStatus
 
 __all__ = [
+    "MARKET_READS",
+    "ORDER_READS",
+    "READ_FAULTS",
     "SUPPORTED",
     "ConnectorConformance",
     "ExchangeHandle",
@@ -149,6 +154,11 @@ class Requirements:
     :ivar inspect_placements: :meth:`ExchangeHandle.placements` reports what arrived. When
         closed, the params property test falls back to a weaker check (a refused order's
         client order id never reached the exchange).
+    :ivar fail_order_reads: :meth:`ExchangeHandle.fail_next_read` works for
+        ``fetch_order`` and ``cancel_order``.
+    :ivar fail_market_reads: :meth:`ExchangeHandle.fail_next_read` works for
+        ``load_markets`` and ``fetch_quote`` (close it when markets and quotes are local).
+    :ivar partial_fills: :meth:`ExchangeHandle.fill_partially` works.
     """
 
     market_orders: Support = SUPPORTED
@@ -164,6 +174,17 @@ class Requirements:
     credentials: Support = SUPPORTED
     entry_point: Support = SUPPORTED
     inspect_placements: Support = SUPPORTED
+    fail_order_reads: Support = SUPPORTED
+    fail_market_reads: Support = SUPPORTED
+    partial_fills: Support = SUPPORTED
+
+
+#: The faults :meth:`ExchangeHandle.fail_next_read` simulates, in the order the suite tries
+#: them: a 5xx answer, a connection closed before an answer, no answer within the timeout.
+READ_FAULTS = ("server_error", "disconnect", "timeout")
+#: The connector reads :meth:`ExchangeHandle.fail_next_read` can make fail.
+ORDER_READS = ("fetch_order", "cancel_order")
+MARKET_READS = ("load_markets", "fetch_quote")
 
 
 #: Requirements fields that the connector's :class:`Capabilities` also declares.
@@ -206,9 +227,10 @@ class ExchangeHandle(abc.ABC):
     3. routes orders and calls the operations below.
 
     **Market model the suite assumes.** On :attr:`symbol` the fake fills a market buy at
-    once, in full, at :meth:`market_fill_price` (``"buy"``) -- no fees, no partial fills. A
-    limit buy below the market rests ``open``; after :meth:`set_price` moves the market
-    through it, it fills in full at *its own limit price* (a maker fill). The account holds
+    once, in full, at :meth:`market_fill_price` (``"buy"``) -- no fees, no partial fills
+    but those :meth:`fill_partially` makes. A limit buy below the market rests ``open``;
+    after :meth:`set_price` moves the market through it, it fills in full at *its own limit
+    price* (a maker fill). The account holds
     enough of the quote asset for a dozen buys of :attr:`amount` and nothing in the fake is
     shared with another test.
 
@@ -291,16 +313,41 @@ class ExchangeHandle(abc.ABC):
         ``requirements.drain_balance``."""
         raise NotImplementedError
 
+    async def fail_next_read(self, operation: str, fault: str) -> None:
+        """Make the connector's next ``operation`` (one of :data:`ORDER_READS` and
+        :data:`MARKET_READS`, named as the :class:`~bagbot_core.connector.Connector` method)
+        fail with ``fault`` (one of :data:`READ_FAULTS`) on its first request: ``server_error``
+        a 5xx answer, ``disconnect`` the connection closed without an answer, ``timeout`` no
+        answer before the connector's timeout. Needs ``requirements.fail_order_reads`` /
+        ``fail_market_reads``. The connector must raise
+        :class:`~bagbot_core.errors.ExchangeUnavailableError` for each.
+
+        A fault may also catch the client's own retry of that request (HTTP clients resend
+        an idempotent request once when a reused connection closes). The suite injects each
+        fault right before its call and ends every operation with ``timeout``, after which
+        the next read must work again."""
+        raise NotImplementedError
+
+    async def fill_partially(self, client_order_id: str, qty: Decimal) -> None:
+        """Fill ``qty`` (less than its amount) of the resting limit order placed under
+        ``client_order_id`` (the exchange's form) at its own limit price; it stays open for
+        the rest. Needs ``requirements.partial_fills``."""
+        raise NotImplementedError
+
     # -- inspection ---------------------------------------------------------------------
 
     @abc.abstractmethod
     async def orders_for_client_id(self, client_order_id: str) -> int:
-        """How many orders the exchange holds with ``client_order_id`` (any status)."""
+        """How many orders the exchange holds with ``client_order_id`` (any status).
+
+        Client order ids here and in :meth:`client_ids_seen` are in the exchange's form
+        (:meth:`Connector.exchange_client_id <bagbot_core.connector.Connector.
+        exchange_client_id>`): what arrived."""
 
     @abc.abstractmethod
     async def client_ids_seen(self) -> Sequence[str]:
         """Every client order id that arrived at the exchange in an order placement,
-        accepted or refused, in arrival order."""
+        accepted or refused, in arrival order (in the exchange's form)."""
 
     async def market_requests(self) -> int:
         """How many times the fake served its market list (e.g. ``GET exchangeInfo``).
@@ -365,6 +412,11 @@ class Harness:
         assert isinstance(order, Order), f"{type(info.value).__name__} carries no order row"
         return order
 
+    def exchange_id(self, client_order_id: str) -> str:
+        """``client_order_id`` in the exchange's form (``Connector.exchange_client_id``): what
+        the exchange and the handle see, and what the connector's methods are given."""
+        return self.connector.exchange_client_id(client_order_id)
+
     async def sync(self, order: Order) -> Order:
         return await self.within(self.router.sync_order(self.session, order))
 
@@ -427,6 +479,17 @@ def _on_live_host(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]
             result[key] = parts._replace(netloc=_LIVE_TEST_HOST).geturl()
             moved.append(str(key))
     return result, moved
+
+
+async def _handle_op(harness: Harness, name: str, requirement: str,
+                     operation: Awaitable[None]) -> None:
+    """Run a handle operation the suite added later; a handle written before it is told what
+    to do instead of failing with a bare NotImplementedError."""
+    try:
+        await operation
+    except NotImplementedError:
+        pytest.fail(f"{type(harness.handle).__name__}.{name}() is not implemented: implement "
+                    f"it or declare Requirements({requirement}=unsupported('why'))")
 
 
 def _describe_chain(error: BaseException) -> str:
@@ -595,7 +658,7 @@ class ConnectorConformance:
     async def _exchange_state(self, harness: Harness, order: Order) -> Any:
         return await harness.within(harness.connector.fetch_order(
             order.symbol, external_id=order.external_id,
-            client_order_id=order.client_order_id))
+            client_order_id=harness.exchange_id(order.client_order_id)))
 
     # -- where orders go: the live-host rule --------------------------------------------
 
@@ -775,7 +838,8 @@ class ConnectorConformance:
         assert stored.status == "canceled"
         with pytest.raises(ExchangeOrderNotFoundError) as info:
             await harness.within(harness.connector.cancel_order(
-                h.symbol, external_id=None, client_order_id="bbnosuchorder" + uuid.uuid4().hex))
+                h.symbol, external_id=None,
+                client_order_id=harness.exchange_id("bbnosuchorder" + uuid.uuid4().hex)))
         harness.errors.append(info.value)
 
     @pytest.mark.asyncio
@@ -846,7 +910,7 @@ class ConnectorConformance:
         h = harness.handle
         payload = await self._any_order(harness)
         order = await harness.route(payload)
-        cid = order.client_order_id
+        cid = harness.exchange_id(order.client_order_id)
         assert cid in await h.client_ids_seen(), "the exchange never saw the client order id"
         assert await h.orders_for_client_id(cid) == 1, (
             f"the exchange holds {await h.orders_for_client_id(cid)} orders for {cid}")
@@ -866,8 +930,9 @@ class ConnectorConformance:
         assert first.client_order_id == key
         again = await harness.route(payload)
         assert again.id == first.id
-        assert await h.orders_for_client_id(key) == 1
-        assert list(await h.client_ids_seen()).count(key) == 1
+        sent = harness.exchange_id(key)
+        assert await h.orders_for_client_id(sent) == 1
+        assert list(await h.client_ids_seen()).count(sent) == 1
         assert harness.row_count() == 1
 
     @pytest.mark.asyncio
@@ -878,7 +943,7 @@ class ConnectorConformance:
         with pytest.raises(ExchangeOrderNotFoundError) as info:
             await harness.within(harness.connector.fetch_order(
                 harness.handle.symbol, external_id=None,
-                client_order_id="bbnosuchorder" + uuid.uuid4().hex[:16]))
+                client_order_id=harness.exchange_id("bbnosuchorder" + uuid.uuid4().hex[:16])))
         harness.errors.append(info.value)
 
     @pytest.mark.asyncio
@@ -895,7 +960,7 @@ class ConnectorConformance:
         stored = {r.id: r for r in harness.stored_rows()}[order.id]
         assert stored.status == "rejected"
         assert stored.reason == order.reason
-        assert await h.orders_for_client_id(order.client_order_id) == 0
+        assert await h.orders_for_client_id(harness.exchange_id(order.client_order_id)) == 0
 
     @pytest.mark.asyncio
     async def test_timeout_after_accept_is_unknown_and_reconciles(self, harness: Harness) -> None:
@@ -905,7 +970,7 @@ class ConnectorConformance:
         await h.drop_next_response()
         order = await harness.route_fails(_payload(h.symbol, "buy", "market", h.amount),
                                           OrderStatusUnknownError)
-        cid = order.client_order_id
+        cid = harness.exchange_id(order.client_order_id)
         assert order.status == OrderStatus.UNKNOWN, f"got {order.status}: {order.reason}"
         assert await h.orders_for_client_id(cid) == 1, "the order should be on the exchange"
         assert list(await h.client_ids_seen()).count(cid) == 1, "the order was resent"
@@ -931,7 +996,7 @@ class ConnectorConformance:
         order = await harness.route_fails(payload, ExchangeRejectedError)
         assert order.status == OrderStatus.REJECTED
         assert h.insufficient_funds_text.lower() in (order.reason or "").lower(), order.reason
-        assert await h.orders_for_client_id(order.client_order_id) == 0
+        assert await h.orders_for_client_id(harness.exchange_id(order.client_order_id)) == 0
 
     @pytest.mark.asyncio
     async def test_unknown_symbol_is_refused_before_the_exchange(self, harness: Harness) -> None:
@@ -945,7 +1010,7 @@ class ConnectorConformance:
         assert isinstance(error, RiskCheckError)
         assert [v.check for v in error.violations] == ["valid_symbol"]
         assert list(await h.client_ids_seen()) == before, "a placement reached the exchange"
-        assert await h.orders_for_client_id(order.client_order_id) == 0
+        assert await h.orders_for_client_id(harness.exchange_id(order.client_order_id)) == 0
 
     @pytest.mark.asyncio
     async def test_amount_is_rounded_down_to_the_market_step(self, harness: Harness) -> None:
@@ -991,7 +1056,8 @@ class ConnectorConformance:
         if caps.fetch_by_client_order_id and req.fetch_by_client_order_id:
             with pytest.raises(ExchangeOrderNotFoundError) as info:
                 await harness.within(harness.connector.fetch_order(
-                    h.symbol, external_id=None, client_order_id="bbmissing" + uuid.uuid4().hex))
+                    h.symbol, external_id=None,
+                    client_order_id=harness.exchange_id("bbmissing" + uuid.uuid4().hex)))
             harness.errors.append(info.value)
         places = {
             "audit log": harness.audit_log.getvalue(),
@@ -1030,6 +1096,142 @@ class ConnectorConformance:
             await harness.route(payload)
         loads = await harness.handle.market_requests()
         assert loads == 1, f"the market list was requested {loads} times for 3 orders"
+
+    # -- faults on the read path --------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_read_faults_on_orders_raise_exchange_unavailable(
+        self, harness: Harness
+    ) -> None:
+        """A 5xx, a dropped connection or a timeout on ``fetch_order``/``cancel_order``
+        raises ExchangeUnavailableError from the connector itself -- never a plain exception,
+        never "rejected" or "not found" -- and the next read works again."""
+        self.require(harness, "fail_order_reads")
+        h = harness.handle
+        order = await harness.route(await self._any_order(harness))
+        caps = harness.connector.capabilities
+        operations = [op for op in ORDER_READS
+                      if op != "cancel_order" or (caps.cancel and h.requirements.cancel)]
+        calls = {
+            "fetch_order": lambda: harness.connector.fetch_order(
+                order.symbol, external_id=order.external_id,
+                client_order_id=harness.exchange_id(order.client_order_id)),
+            "cancel_order": lambda: harness.connector.cancel_order(
+                order.symbol, external_id=order.external_id,
+                client_order_id=harness.exchange_id(order.client_order_id)),
+        }
+        for operation in operations:
+            for fault in READ_FAULTS:
+                await self._assert_unavailable(harness, operation, fault, calls[operation])
+        state = await self._exchange_state(harness, order)
+        assert state.external_id == order.external_id, "the connector did not recover"
+
+    @pytest.mark.asyncio
+    async def test_read_faults_on_markets_and_quotes_raise_exchange_unavailable(
+        self, harness: Harness
+    ) -> None:
+        """The same faults on ``load_markets(reload=True)`` and ``fetch_quote`` raise
+        ExchangeUnavailableError, and the connector reads markets again afterwards."""
+        self.require(harness, "fail_market_reads")
+        h = harness.handle
+        await harness.market(h.symbol)
+        calls = {
+            "load_markets": lambda: harness.connector.load_markets(reload=True),
+            "fetch_quote": lambda: harness.connector.fetch_quote(h.symbol),
+        }
+        for operation in MARKET_READS:
+            for fault in READ_FAULTS:
+                await self._assert_unavailable(harness, operation, fault, calls[operation])
+        markets = await harness.within(harness.connector.load_markets(reload=True))
+        assert h.symbol in markets, "the connector did not recover"
+
+    async def _assert_unavailable(self, harness: Harness, operation: str, fault: str,
+                                  call: Callable[[], Awaitable[Any]]) -> None:
+        requirement = "fail_order_reads" if operation in ORDER_READS else "fail_market_reads"
+        await _handle_op(harness, "fail_next_read", requirement,
+                         harness.handle.fail_next_read(operation, fault))
+        try:
+            await harness.within(call())
+        except ExchangeUnavailableError as error:
+            harness.errors.append(error)
+        except Exception as error:  # the point of the test: which class it is
+            pytest.fail(
+                f"{operation} with a {fault} raised {type(error).__name__}: {error}; a "
+                "timeout, dropped connection or 5xx must raise ExchangeUnavailableError "
+                "(check the connector's error classification)")
+        else:
+            pytest.fail(f"{operation} with a {fault} returned instead of raising "
+                        "ExchangeUnavailableError (did the handle inject the fault?)")
+
+    # -- partial fills ------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_partial_fill_reads_partially_filled(self, harness: Harness) -> None:
+        """A resting limit buy that fills in part syncs ``partially_filled`` with exactly
+        the filled amount and its average price -- not ``open``, not ``filled``."""
+        self.require(harness, "limit_orders", "partial_fills")
+        h = harness.handle
+        market = await harness.market(h.symbol)
+        price = await self._limit_price_below_market(harness)
+        order = await harness.route(_payload(h.symbol, "buy", "limit", h.amount, price))
+        assert order.status == OrderStatus.OPEN
+        part = _round_down(h.amount / 2, market.amount_step)
+        assert 0 < part < h.amount, f"handle.amount {h.amount} cannot be split on the step"
+        await _handle_op(harness, "fill_partially", "partial_fills",
+                         h.fill_partially(harness.exchange_id(order.client_order_id), part))
+        order = await harness.sync(order)
+        assert order.status == OrderStatus.PARTIALLY_FILLED, (
+            f"{part} of {h.amount} filled: the order must read partially_filled, got "
+            f"{order.status} ({order.exchange_status})")
+        assert order.filled_qty == part
+        assert order.avg_price == price, f"filled at the limit {price}, got {order.avg_price}"
+        state = await self._exchange_state(harness, order)
+        assert (state.status, state.filled_qty, state.avg_price) == (
+            OrderStatus.PARTIALLY_FILLED, part, price)
+        stored = {r.id: r for r in harness.stored_rows()}[order.id]
+        assert (stored.status, stored.filled_qty, stored.avg_price) == (
+            "partially_filled", part, price)
+
+    # -- client order ids in the exchange's form ----------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_client_order_id_in_the_exchange_form_is_found_again(
+        self, harness: Harness
+    ) -> None:
+        """The row keeps bagbot's id; the exchange gets ``exchange_client_id`` of it (the
+        same every time), and reconcile of an unanswered order finds it by that form."""
+        self.require(harness, "fetch_by_client_order_id")
+        h = harness.handle
+        probe = "bb" + uuid.uuid4().hex
+        assert isinstance(harness.exchange_id(probe), str), "exchange_client_id must return str"
+        assert harness.exchange_id(probe) == harness.exchange_id(probe), (
+            "exchange_client_id is not deterministic: nothing placed could be found again")
+        caps, req = harness.connector.capabilities, h.requirements
+        if caps.market_orders and req.market_orders and req.drop_response:
+            await h.drop_next_response()
+            order = await harness.route_fails(_payload(h.symbol, "buy", "market", h.amount),
+                                              OrderStatusUnknownError)
+            changed = await harness.within(harness.router.reconcile(
+                harness.session, harness.name, grace=dt.timedelta(0)))
+            assert [o.id for o in changed] == [order.id], "reconcile left the order unknown"
+            assert order.status != OrderStatus.REJECTED, (
+                "reconcile did not find the order by "
+                f"{harness.exchange_id(order.client_order_id)!r}: {order.reason}")
+        else:
+            order = await harness.route(await self._any_order(harness))
+            order = await harness.sync(order)
+        cid = order.client_order_id
+        assert re.fullmatch("bb[0-9a-f]{32}", cid), f"the row holds {cid!r}, not bagbot's id"
+        sent = harness.exchange_id(cid)
+        assert sent, "exchange_client_id returned an empty id"
+        assert list(await h.client_ids_seen()).count(sent) == 1, (
+            f"the exchange did not receive {sent!r} (exchange_client_id of {cid!r}) once")
+        assert await h.orders_for_client_id(sent) == 1
+        state = await harness.within(harness.connector.fetch_order(
+            h.symbol, external_id=None, client_order_id=sent))
+        assert state.external_id == order.external_id
+        assert state.client_order_id in (None, sent, cid)
+        assert OrderStatus(order.status) not in (OrderStatus.UNKNOWN, OrderStatus.PENDING)
 
     # -- payload helpers ----------------------------------------------------------------
 
@@ -1084,7 +1286,7 @@ class ConnectorConformance:
             assert "params" in (order.reason or ""), order.reason
             assert harness.row_count() == number
         assert list(await h.client_ids_seen()) == before, "a placement reached the exchange"
-        assert await h.orders_for_client_id(evil) == 0
+        assert await h.orders_for_client_id(harness.exchange_id(evil)) == 0
 
     @pytest.mark.asyncio
     # One fake (the harness) serves every example; each suite subclass is an executor of
@@ -1129,15 +1331,16 @@ class ConnectorConformance:
             assert arrived == [], f"a refused order reached the exchange as {arrived}"
             assert new == [], f"a refused order reached the exchange: {new}"
             return
-        expected = [] if exchange_said_no else [order.client_order_id]
-        assert arrived in (expected, [order.client_order_id]), (
-            f"the exchange saw {arrived}, expected only {order.client_order_id}")
+        sent = harness.exchange_id(order.client_order_id)
+        expected = [] if exchange_said_no else [sent]
+        assert arrived in (expected, [sent]), (
+            f"the exchange saw {arrived}, expected only {sent}")
         if inspect:
             # A refusing exchange may not keep what it refused; anything kept must match.
             assert len(new) in ((0, 1) if exchange_said_no else (1,)), (
                 f"one order, {len(new)} placements: {new}")
             for placement in new:
-                self._assert_placement_is_the_row(placement, order)
+                self._assert_placement_is_the_row(placement, order, sent)
         await self._cancel_if_resting(harness, order)
 
     # -- params helpers -----------------------------------------------------------------
@@ -1155,8 +1358,10 @@ class ConnectorConformance:
         return True
 
     @staticmethod
-    def _assert_placement_is_the_row(placed: Placement, order: Order) -> None:
-        expected = (order.symbol, order.side, order.order_type, order.client_order_id)
+    def _assert_placement_is_the_row(placed: Placement, order: Order,
+                                     client_order_id: str | None = None) -> None:
+        sent = order.client_order_id if client_order_id is None else client_order_id
+        expected = (order.symbol, order.side, order.order_type, sent)
         got = (placed.symbol, placed.side, placed.type, placed.client_order_id)
         assert got == expected, f"the exchange received {got}, the row says {expected}"
         quote_sized = (placed.amount is None and placed.quote_amount is not None

@@ -435,9 +435,12 @@ class Fault:
     process: bool = True
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (
-            self.path is None or self.path == path
-        )
+        """``path`` ending in ``*`` matches every path it starts (``/orders/*``)."""
+        if self.path is not None and self.path.endswith("*"):
+            same_path = path.startswith(self.path[:-1])
+        else:
+            same_path = self.path is None or self.path == path
+        return (self.method is None or self.method == method) and same_path
 
 
 @dataclass
@@ -593,6 +596,25 @@ class FakeExchangeServer:
                        times: int | None = 1, after_accept: bool = True) -> Fault:
         """Answer 200 with truncated JSON (after processing the request by default)."""
         return self.inject(Fault("malformed", method, path, times, process=after_accept))
+
+    def fail_read(self, fault: str, *, method: str, path: str, wait: float = 5.0) -> Fault:
+        """Make the next matching request fail as a read can: ``"server_error"`` (503, not
+        processed), ``"disconnect"`` (connection closed, not processed) or ``"timeout"``
+        (answered only after ``wait`` seconds: longer than the client's timeout).
+
+        Replaces every fault injected before. A disconnect lasts until then: HTTP clients
+        resend an idempotent request once by themselves when a reused connection closes
+        (aiohttp does), and the retry must fail too.
+        """
+        self.clear_faults()
+        if fault == "server_error":
+            return self.fail_http(503, "Service Unavailable", method=method, path=path,
+                                  content_type="text/plain")
+        if fault == "disconnect":
+            return self.drop_before_accept(method=method, path=path, times=None)
+        if fault == "timeout":
+            return self.add_latency(wait, method=method, path=path, times=1)
+        raise ValueError(f"unknown read fault {fault!r}")
 
     def clear_faults(self) -> None:
         with self._lock:

@@ -19,7 +19,16 @@ from bagbot_binance.testing import FakeBinanceServer, start_fake_binance
 from bagbot_core.orders import Side
 from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle, Placement
 
+pytest_plugins = ["pytester"]
+
 ORDER_PATH = "/api/v3/order"
+#: The first request of each connector read the suite makes fail.
+READ_REQUESTS = {
+    "fetch_order": ("GET", ORDER_PATH),
+    "cancel_order": ("DELETE", ORDER_PATH),
+    "load_markets": ("GET", "/api/v3/exchangeInfo"),
+    "fetch_quote": ("GET", "/api/v3/ticker/bookTicker"),
+}
 
 
 class BinanceHandle(ExchangeHandle):
@@ -70,6 +79,14 @@ class BinanceHandle(ExchangeHandle):
     async def drain_balance(self, asset: str) -> None:
         book = self.server.book
         book.deposit(asset, -book.balance(asset))
+
+    async def fail_next_read(self, operation: str, fault: str) -> None:
+        method, path = READ_REQUESTS[operation]
+        self.server.fail_read(fault, method=method, path=path, wait=5)
+
+    async def fill_partially(self, client_order_id: str, qty: Decimal) -> None:
+        book = self.server.book
+        book.fill(book.get(client_order_id=client_order_id).order_id, qty)
 
     async def orders_for_client_id(self, client_order_id: str) -> int:
         return len(self.server.book.orders_with_client_id(client_order_id))
@@ -125,3 +142,51 @@ class TestBinanceConformance(ConnectorConformance):
             api_key=f"canaryKey{canary}", api_secret=f"canarySecret{canary}"
         ) as server:
             yield BinanceHandle(server)
+
+
+#: The suite against a Binance connector whose error mapping raises a bare Exception: the
+#: read-fault tests must catch it (today's other tests all pass such a connector).
+PLAIN_CLASSIFY = """
+import pytest
+import test_conformance as base
+from bagbot_binance.connector import BinanceConnector
+
+from bagbot_core.plugin import ConnectorSpec, hookimpl
+from bagbot_core.plugins import PluginRegistry
+
+
+class PlainClassify(BinanceConnector):
+    def classify_error(self, exc):
+        raise Exception(f"unmapped {type(exc).__name__}")
+
+
+class Plugin:
+    @hookimpl
+    def bagbot_add_connectors(self):
+        return [ConnectorSpec("plain_classify", PlainClassify, "classify_error raises")]
+
+
+class TestPlainClassify(base.TestBinanceConformance):
+    connector_name = "plain_classify"
+
+    def make_registry(self):
+        return PluginRegistry(disabled=(), plugins=[("plain_classify", Plugin())])
+"""
+
+
+def test_read_fault_tests_catch_a_classify_error_raising_a_plain_exception(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n"
+                     "asyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_plain_classify=PLAIN_CLASSIFY)
+    recorder = pytester.inline_run("-p", "no:cacheprovider", "-k", "read_faults",
+                                   "test_plain_classify.py")
+    failed = {r.nodeid.rsplit("::", 1)[-1]: str(r.longrepr)
+              for r in recorder.getreports("pytest_runtest_logreport") if r.failed}
+    assert set(failed) == {
+        "test_read_faults_on_orders_raise_exchange_unavailable",
+        "test_read_faults_on_markets_and_quotes_raise_exchange_unavailable",
+    }, failed
+    assert "raised Exception: unmapped" in failed[
+        "test_read_faults_on_orders_raise_exchange_unavailable"]

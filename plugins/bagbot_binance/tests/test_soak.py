@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import structlog
+from bagbot_binance import soak
 from bagbot_binance.testing import FakeBinanceServer, default_book
 
-from bagbot_core import audit, soak
+from bagbot_core import audit
 from bagbot_core.models import Order
 from bagbot_core.testing.databases import postgres_schema_url
 from bagbot_core.testing.fake_exchange import LoggedRequest

@@ -19,6 +19,14 @@ from bagbot_core.orders import Side
 from bagbot_core.testing.conformance import ConnectorConformance, ExchangeHandle, Placement
 
 ORDERS_PATH = "/api/v3/brokerage/orders"
+PRODUCTS_PATH = "/api/v3/brokerage/market/products"
+#: The first request of each connector read the suite makes fail (``*``: a path prefix).
+READ_REQUESTS = {
+    "fetch_order": ("GET", f"{ORDERS_PATH}/historical/*"),
+    "cancel_order": ("POST", f"{ORDERS_PATH}/batch_cancel"),
+    "load_markets": ("GET", PRODUCTS_PATH),
+    "fetch_quote": ("GET", f"{PRODUCTS_PATH}/*"),
+}
 
 
 class CoinbaseHandle(ExchangeHandle):
@@ -69,6 +77,14 @@ class CoinbaseHandle(ExchangeHandle):
     async def drain_balance(self, asset: str) -> None:
         book = self.server.book
         book.deposit(asset, -book.balance(asset))
+
+    async def fail_next_read(self, operation: str, fault: str) -> None:
+        method, path = READ_REQUESTS[operation]
+        self.server.fail_read(fault, method=method, path=path, wait=5)
+
+    async def fill_partially(self, client_order_id: str, qty: Decimal) -> None:
+        book = self.server.book
+        book.fill(book.get(client_order_id=client_order_id).order_id, qty)
 
     async def orders_for_client_id(self, client_order_id: str) -> int:
         return len(self.server.book.orders_with_client_id(client_order_id))
