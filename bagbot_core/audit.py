@@ -14,7 +14,6 @@ reaches an event by accident still never reaches the log.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any, TextIO
 import structlog
 
 from bagbot_core.errors import ConfigurationError
+from bagbot_core.settings import LOG_FORMATS, LOG_LEVELS, Settings
 from bagbot_core.terminal import printable
 
 ENV_LOG_FORMAT = "BAGBOT_LOG_FORMAT"
@@ -32,8 +32,6 @@ ENV_LOG_LEVEL = "BAGBOT_LOG_LEVEL"
 
 LOGGER_NAME = "bagbot.audit"
 REDACTED = "***"
-LOG_FORMATS = ("json", "console")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _SENSITIVE_KEY = re.compile(
     r"(secret|password|passwd|passphrase|signature|api[_-]?key|apikey|private[_-]?key|token"
@@ -205,7 +203,9 @@ def _setting(name: str, explicit: str | None, env: str, accepted: tuple[str, ...
     value is refused with a :class:`ConfigurationError` unless one of ``accepted``."""
     chosen = default
     # The environment is checked even when ``explicit`` wins: a typo there is still a typo.
-    for where, raw in ((env, os.environ.get(env)), (f"audit log {name}", explicit)):
+    field = {ENV_LOG_FORMAT: "log_format", ENV_LOG_LEVEL: "log_level"}[env]
+    from_env = getattr(Settings.from_env(only=(field,)), field)
+    for where, raw in ((env, from_env), (f"audit log {name}", explicit)):
         if raw is None or raw.strip() == "":
             continue
         chosen = raw.strip().lower()
@@ -216,7 +216,7 @@ def _setting(name: str, explicit: str | None, env: str, accepted: tuple[str, ...
 
 
 def _choose_stream() -> TextIO:
-    path = os.environ.get(ENV_LOG_FILE)
+    path = Settings.from_env(only=("log_file",)).log_file
     if path:
         return open(path, "a", encoding="utf-8", buffering=1)
     return STDERR  # type: ignore[no-any-return]

@@ -58,6 +58,7 @@ from bagbot_core.connector import (
     config_bool,
     config_seconds,
 )
+from bagbot_core.connector_config import ConfigKey, declare_config
 from bagbot_core.errors import (
     BagbotError,
     ExchangeOrderNotFoundError,
@@ -72,6 +73,7 @@ from bagbot_core.secrets import Secret
 from bagbot_core.status import OrderStatus
 
 __all__ = [
+    "CCXT_CONFIG_KEYS",
     "CcxtConnector",
     "average_price",
     "classify_ccxt_error",
@@ -303,6 +305,18 @@ _UNIFIED_STATUS = {
 }
 
 
+#: The config keys every ccxt connector reads; a subclass adds its own:
+#: ``config_keys = declare_config(*CCXT_CONFIG_KEYS.values(), ConfigKey(...), ...)``.
+CCXT_CONFIG_KEYS: Mapping[str, ConfigKey] = declare_config(
+    ConfigKey("enable_rate_limit", "bool",
+              "ccxt's client-side rate limiter (default true; false for local fakes only)"),
+    ConfigKey("timeout", "seconds", "seconds per request (default 10)"),
+    ConfigKey("quote_max_age", "seconds", "seconds a bid/ask is reused (default 2)"),
+    ConfigKey("rate_limit_backoff", "seconds",
+              "pause after a 429/418 without Retry-After (default 1)"),
+)
+
+
 class CcxtConnector(Connector):
     """A :class:`Connector` driving one ``ccxt.async_support`` exchange object.
 
@@ -313,6 +327,7 @@ class CcxtConnector(Connector):
 
     #: ccxt's exchange id (``ccxt.async_support.<exchange_id>``).
     exchange_id: str = ""
+    config_keys: Mapping[str, ConfigKey] | None = CCXT_CONFIG_KEYS
 
     def __init__(self, settings: ConnectorSettings) -> None:
         config = settings.config

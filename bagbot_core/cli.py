@@ -249,7 +249,9 @@ FILTER_TEXT = FilterText()
 
 
 def _default_user() -> str:
-    return os.environ.get(ENV_USER) or os.environ.get("USER") or "cli"
+    from bagbot_core.settings import Settings
+
+    return Settings.from_env(only=("user",)).user or os.environ.get("USER") or "cli"
 
 
 # -- shared state and plumbing --------------------------------------------------------------
@@ -259,11 +261,14 @@ class Settings:
     """The global options, shared with every command through ``ctx.obj``."""
 
     def __init__(self, database_url: str | None, verbose: bool,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None,
+                 connector_options: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.database_url = database_url
         self.verbose = verbose
         #: ``--config``: the risk config file instead of ``BAGBOT_CONFIG``/the default.
         self.config_path = config_path
+        #: ``--connector-option NAME.KEY=VALUE``: over the file's ``[connectors.NAME]``.
+        self.connector_options = {k: dict(v) for k, v in (connector_options or {}).items()}
         self.log_path: str | None = None
 
     def url(self) -> str:
@@ -292,12 +297,12 @@ def audit_log_path(url: str) -> str:
 
     from sqlalchemy.engine import make_url
 
-    from bagbot_core.audit import ENV_LOG_FILE
     from bagbot_core.db import default_database_path
+    from bagbot_core.settings import Settings
 
-    chosen = os.environ.get(ENV_LOG_FILE)
+    chosen = Settings.from_env(only=("log_file",)).log_file
     if chosen:
-        return chosen
+        return str(chosen)
     parsed = make_url(url)
     database = parsed.database
     if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
@@ -359,6 +364,7 @@ def _with_router(settings: Settings, work: Callable[[Router, Session], Awaitable
     """Run ``work`` in ``asyncio.run`` with the process router; always close the router."""
     import asyncio
 
+    from bagbot_core.connector_config import merge_connector_config, read_connector_tables
     from bagbot_core.db import session_factory
     from bagbot_core.router import get_router
 
@@ -367,14 +373,19 @@ def _with_router(settings: Settings, work: Callable[[Router, Session], Awaitable
 
     async def run() -> T:
         router = get_router()
-        saved = router.risk_config
+        saved, saved_connectors = router.risk_config, router.connector_config
         if settings.config_path is not None:  # for this command only
             router.risk_config = saved.with_file(settings.config_path)
+            router.connector_config = merge_connector_config(
+                read_connector_tables(router.risk_config.path), saved_connectors)
+        if settings.connector_options:  # over the file and the environment
+            router.connector_config = merge_connector_config(
+                router.connector_config, settings.connector_options)
         try:
             with session_factory(engine)() as session:
                 return await work(router, session)
         finally:
-            router.risk_config = saved
+            router.risk_config, router.connector_config = saved, saved_connectors
             await router.aclose()
 
     try:
@@ -479,19 +490,32 @@ def _echo_order_details(order: Order) -> None:
 @click.option("--config", "config_path", metavar="PATH", default=None,
               help="Risk config file (TOML; overrides $BAGBOT_CONFIG; default: "
                    "$XDG_CONFIG_HOME/bagbot/bagbot.toml if it exists).")
+@click.option("--connector-option", "connector_options", metavar="NAME.KEY=VALUE",
+              multiple=True,
+              help="A connector config value for this command, e.g. "
+                   "binance.enable_rate_limit=false (repeatable; over the config file's "
+                   "[connectors.NAME] table and the environment).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print the audit log to stderr instead of the log file.")
 @click.version_option(package_name="bagbot-core", prog_name="bagbot")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, config_path: str | None,
-        verbose: bool) -> None:
+        connector_options: tuple[str, ...], verbose: bool) -> None:
     """bagbot: route crypto orders through pluggable connectors and risk checks.
 
     Try it with no keys and no network: `bagbot demo` routes a few orders through the
     built-in `paper` exchange. The audit log goes to BAGBOT_LOG_FILE, else to a file next
     to the SQLite database (use -v to see it on stderr).
     """
-    ctx.obj = Settings(database_url, verbose, config_path)
+    options: dict[str, dict[str, str]] = {}
+    if connector_options:
+        from bagbot_core.connector_config import parse_connector_options
+
+        try:
+            options = parse_connector_options(connector_options)
+        except BagbotError as exc:
+            raise click.BadParameter(str(exc), ctx, param_hint="'--connector-option'") from None
+    ctx.obj = Settings(database_url, verbose, config_path, options)
 
 
 @cli.command(short_help="Route one order (testnet unless --live).")

@@ -12,7 +12,7 @@ import abc
 import os
 from collections.abc import Callable, Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -23,6 +23,9 @@ from bagbot_core.money import round_to_step
 from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Quote
 from bagbot_core.params import NO_PARAMS, ParamSpec
 from bagbot_core.secrets import Secret
+
+if TYPE_CHECKING:
+    from bagbot_core.connector_config import ConfigKey
 
 
 @attrs.frozen
@@ -156,6 +159,14 @@ class Connector(abc.ABC):
         self, symbol: str, *, external_id: str | None, client_order_id: str
     ) -> ExchangeOrder:
         """Cancel one order and return its state after the cancel."""
+
+    #: The keys this connector reads from :attr:`ConnectorSettings.config`, with their kinds
+    #: (build with :func:`bagbot_core.connector_config.declare_config`). The router refuses
+    #: an unknown key or a bad value with a :class:`ConfigurationError` naming it before the
+    #: connector is used. ``None`` (the default): not declared, any key is accepted. A
+    #: subclass that reads more keys than its base declares them in its own ``config_keys``;
+    #: one that does not gets its base's value checks, and unknown keys pass.
+    config_keys: Mapping[str, ConfigKey] | None = None
 
     #: The pass-through ``params`` this connector accepts (build with
     #: :func:`bagbot_core.params.declare_params`). The router refuses every other key before

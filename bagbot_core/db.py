@@ -57,7 +57,11 @@ def database_url(url: str | None = None) -> str:
     :raises ConfigurationError: the URL holds NUL or bytes that are not UTF-8 (no driver
         can pass them on).
     """
-    chosen = url or os.environ.get(ENV_DATABASE_URL)
+    if url is None:
+        from bagbot_core.settings import Settings
+
+        url = Settings.from_env(only=("database_url",)).database_url
+    chosen = url
     if chosen:
         if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in chosen):
             raise ConfigurationError(
@@ -69,12 +73,9 @@ def database_url(url: str | None = None) -> str:
 
 
 def _busy_timeout_ms() -> int:
-    raw = os.environ.get(ENV_SQLITE_BUSY_TIMEOUT)
-    if raw is None:
-        return DEFAULT_BUSY_TIMEOUT_MS
-    from bagbot_core.settings import parse_int_setting
+    from bagbot_core.settings import Settings
 
-    return parse_int_setting(raw, ENV_SQLITE_BUSY_TIMEOUT, minimum=0)
+    return Settings.from_env(only=("sqlite_busy_timeout_ms",)).sqlite_busy_timeout_ms
 
 
 def _configure_sqlite(engine: Engine) -> None:

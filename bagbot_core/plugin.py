@@ -30,6 +30,7 @@ from bagbot_core.connector import (
     config_secret,
     http_base_url,
 )
+from bagbot_core.connector_config import ConfigKey, check_connector_config, declare_config
 from bagbot_core.endpoints import (
     check_endpoints,
     endpoint_host,
@@ -74,6 +75,7 @@ from bagbot_core.status import OrderStatus
 
 if TYPE_CHECKING:
     from bagbot_core.ccxt_support import (
+        CCXT_CONFIG_KEYS,
         CcxtConnector,
         average_price,
         classify_ccxt_error,
@@ -89,8 +91,9 @@ if TYPE_CHECKING:
 #: Names loaded on first access, by defining module (each pulls a heavy import).
 _LAZY = {
     "bagbot_core.ccxt_support": (
-        "CcxtConnector", "average_price", "classify_ccxt_error", "decimal_or_none",
-        "exchange_message", "parse_retry_after", "plain", "positive_or_none", "scrub_secrets",
+        "CCXT_CONFIG_KEYS", "CcxtConnector", "average_price", "classify_ccxt_error",
+        "decimal_or_none", "exchange_message", "parse_retry_after", "plain", "positive_or_none",
+        "scrub_secrets",
     ),
     "bagbot_core.history": ("ALL_USERS", "History"),
 }
@@ -98,11 +101,13 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
     "ALL_USERS",
+    "CCXT_CONFIG_KEYS",
     "FORBIDDEN_PARAMS",
     "NO_PARAMS",
     "BagbotError",
     "Capabilities",
     "CcxtConnector",
+    "ConfigKey",
     "ConfigurationError",
     "Connector",
     "ConnectorFactory",
@@ -141,6 +146,7 @@ __all__ = [
     "Side",
     "UnknownConnectorError",
     "average_price",
+    "check_connector_config",
     "check_endpoints",
     "check_market_limits",
     "classify_ccxt_error",
@@ -148,6 +154,7 @@ __all__ = [
     "config_seconds",
     "config_secret",
     "decimal_or_none",
+    "declare_config",
     "declare_params",
     "endpoint_host",
     "endpoint_is_live",

@@ -21,7 +21,6 @@ import functools
 import importlib
 import importlib.metadata
 import inspect
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -44,7 +43,7 @@ from bagbot_core.errors import (
 from bagbot_core.markers import PROJECT
 from bagbot_core.payload import check_connector_name
 from bagbot_core.risk import ENV_SKIP_RISK_CHECKS, RiskCheck
-from bagbot_core.settings import env_bool
+from bagbot_core.settings import Settings
 
 if TYPE_CHECKING:
     import click
@@ -160,8 +159,7 @@ def _hook_args(impl: pluggy.HookImpl, kwargs: Mapping[str, object]
 
 
 def disabled_from_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
-    raw = (os.environ if environ is None else environ).get(ENV_DISABLE, "")
-    return frozenset(name.strip() for name in raw.split(",") if name.strip())
+    return Settings.from_env(environ, only=("disable_plugins",)).disable_plugins
 
 
 def _core_version() -> str:
@@ -200,7 +198,7 @@ class PluginRegistry:
         self._pluggy_exec = self.pm._inner_hookexec
         self.pm._inner_hookexec = self._hookexec
         self._hooktrace = self.pm.trace.root.get("hook")
-        if env_bool(ENV_TRACE):
+        if Settings.from_env(only=("trace_hooks",)).trace_hooks:
             self.pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
             self.pm.enable_tracing()
         self._provenance: dict[str, Provenance] = {}

@@ -11,7 +11,6 @@ all the reasons at once.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -21,16 +20,17 @@ import attrs
 from bagbot_core.errors import ConfigurationError
 from bagbot_core.money import decimal_text
 from bagbot_core.orders import Market, OrderRequest, Quote
-from bagbot_core.settings import env_decimal
+from bagbot_core.settings import Settings
 
 if TYPE_CHECKING:
     from bagbot_core.history import History
     from bagbot_core.risk_config import RiskConfig
 
-#: The seed's environment variables and defaults.
-ENV_MAX_ORDER_QTY = "MAX_ORDER_QTY"
-ENV_MAX_ORDER_VALUE_USD = "MAX_ORDER_VALUE_USD"
-ENV_MIN_ORDER_QTY = "MIN_ORDER_QTY"
+#: The limits' environment variables (the seed's unprefixed names are aliases, see
+#: :mod:`bagbot_core.settings`).
+ENV_MAX_ORDER_QTY = "BAGBOT_MAX_ORDER_QTY"
+ENV_MAX_ORDER_VALUE_USD = "BAGBOT_MAX_ORDER_VALUE_USD"
+ENV_MIN_ORDER_QTY = "BAGBOT_MIN_ORDER_QTY"
 #: Comma-separated risk check names to skip, or ``all``: the only way to bypass checks.
 ENV_SKIP_RISK_CHECKS = "BAGBOT_SKIP_RISK_CHECKS"
 #: The ``BAGBOT_SKIP_RISK_CHECKS`` value that skips every check.
@@ -76,14 +76,18 @@ class RiskLimits:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RiskLimits:
-        """Read ``MAX_ORDER_QTY``, ``MAX_ORDER_VALUE_USD``, ``MIN_ORDER_QTY``.
+        """Read ``BAGBOT_MAX_ORDER_QTY``, ``BAGBOT_MAX_ORDER_VALUE_USD``,
+        ``BAGBOT_MIN_ORDER_QTY`` (or the seed's unprefixed aliases) through
+        :class:`~bagbot_core.settings.Settings`.
 
         :raises ConfigurationError: naming the variable when a value is malformed (ASCII
-            digits only), or both when the minimum is above the maximum.
+            digits only) or differs from its alias, or both when the minimum is above the
+            maximum.
         """
+        settings = Settings.from_env(environ, only=_FIELD_ENV)
         kwargs: dict[str, Decimal] = {}
-        for field, var in _FIELD_ENV.items():
-            value = env_decimal(var, environ)
+        for field in _FIELD_ENV:
+            value = getattr(settings, field)
             if value is not None:
                 kwargs[field] = value
         return cls(**kwargs)
@@ -242,7 +246,7 @@ def parse_skip_list(value: str | Iterable[str] | None) -> frozenset[str]:
     :raises ConfigurationError: an entry that is not a string.
     """
     if value is None:
-        value = os.environ.get(ENV_SKIP_RISK_CHECKS, "")
+        return Settings.from_env(only=("skip_risk_checks",)).skip_risk_checks
     items = value.split(",") if isinstance(value, str) else list(value)
     names = set()
     for item in items:

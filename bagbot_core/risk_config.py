@@ -44,7 +44,7 @@ import attrs
 
 from bagbot_core.errors import ConfigurationError, OrderValidationError
 from bagbot_core.money import decimal_text, parse_number_text, to_decimal
-from bagbot_core.settings import BOOL_RULE, parse_bool
+from bagbot_core.settings import BOOL_RULE, Settings, parse_bool
 
 if TYPE_CHECKING:
     from bagbot_core.risk import RiskLimits
@@ -100,12 +100,13 @@ class LimitSpec:
 
 
 SPECS: Final[Mapping[str, LimitSpec]] = {spec.name: spec for spec in (
-    LimitSpec("max_order_qty", "max_quantity", "decimal", Decimal("10.0"), "MAX_ORDER_QTY",
-              switch=True, help="max quantity per order (inclusive)"),
+    LimitSpec("max_order_qty", "max_quantity", "decimal", Decimal("10.0"),
+              "BAGBOT_MAX_ORDER_QTY", switch=True, help="max quantity per order (inclusive)"),
     LimitSpec("max_order_value_usd", "max_value", "decimal", Decimal("100000.0"),
-              "MAX_ORDER_VALUE_USD", switch=True, help="max order value in USD (inclusive)"),
-    LimitSpec("min_order_qty", "min_quantity", "decimal", Decimal("0.0001"), "MIN_ORDER_QTY",
-              switch=True, help="min quantity per order (inclusive)"),
+              "BAGBOT_MAX_ORDER_VALUE_USD", switch=True,
+              help="max order value in USD (inclusive)"),
+    LimitSpec("min_order_qty", "min_quantity", "decimal", Decimal("0.0001"),
+              "BAGBOT_MIN_ORDER_QTY", switch=True, help="min quantity per order (inclusive)"),
     LimitSpec("price_collar_pct", "price_collar", "decimal0", switch=True,
               help="max % a limit price may be through the quote (inclusive)"),
     LimitSpec("duplicate_window_seconds", "duplicate_order", "seconds", switch=True,
@@ -318,12 +319,13 @@ def read_file(path: Path) -> dict[Scope, dict[str, Any]]:
             f"config file {path}: cannot read it: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(document) - {"risk"})
+    # [connectors.NAME] tables are read by bagbot_core.connector_config.
+    unknown = sorted(set(document) - {"risk", "connectors"})
     if unknown:
         key = unknown[0]
         raise ConfigurationError(
             f"file {path}: unknown key {_shown(key)} = {_shown(document[key])} (the file "
-            "holds a [risk] table)")
+            "holds a [risk] table and [connectors.NAME] tables)")
     risk = document.get("risk", {})
     if not isinstance(risk, Mapping):
         raise _bad(f"file {path}", "risk", risk, "must be a table")
@@ -373,8 +375,8 @@ class RiskConfig:
         chosen: Path | None = None
         if path is not None:
             chosen = Path(path).expanduser()
-        elif env.get(ENV_CONFIG, "").strip():
-            chosen = Path(env[ENV_CONFIG].strip()).expanduser()
+        elif (named := Settings.from_env(env, only=("config_path",)).config_path) is not None:
+            chosen = named
         else:
             candidate = default_config_path(env)
             if candidate.is_file():
@@ -526,15 +528,9 @@ def _text(value: Any) -> str | None:
 
 
 def _env_layer(env: Mapping[str, str]) -> _Layer:
-    """The seed's variables, read exactly as :meth:`RiskLimits.from_env` reads them."""
-    from bagbot_core.settings import env_decimal
-
-    values: dict[str, Any] = {}
-    names: dict[str, str] = {}
-    for spec in SPECS.values():
-        if spec.env is not None:
-            value = env_decimal(spec.env, env)
-            if value is not None:
-                values[spec.name] = value
-                names[spec.name] = spec.env
-    return _Layer("env", {None: values}, names)
+    """The limits' variables, read exactly as :meth:`RiskLimits.from_env` reads them (a
+    source names the variable that was set: ``BAGBOT_MAX_ORDER_QTY`` or its alias)."""
+    fields = [spec.name for spec in SPECS.values() if spec.env is not None]
+    settings = Settings.from_env(env, only=fields)
+    values = {field: getattr(settings, field) for field in settings.sources}
+    return _Layer("env", {None: values}, dict(settings.sources))

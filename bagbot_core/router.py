@@ -34,6 +34,11 @@ from sqlalchemy import inspect as sa_inspect
 
 from bagbot_core import audit, store
 from bagbot_core.connector import Connector, ConnectorSettings
+from bagbot_core.connector_config import (
+    check_connector_config,
+    merge_connector_config,
+    read_connector_tables,
+)
 from bagbot_core.endpoints import warn_undeclared
 from bagbot_core.errors import (
     BagbotError,
@@ -74,7 +79,7 @@ from bagbot_core.risk import (
     run_checks,
 )
 from bagbot_core.risk_config import RiskConfig
-from bagbot_core.settings import env_bool
+from bagbot_core.settings import Settings
 from bagbot_core.status import OrderStatus
 from bagbot_core.user_lock import lock_user
 
@@ -93,7 +98,7 @@ def live_allowed(environ: Mapping[str, str] | None = None) -> bool:
 
     :raises ConfigurationError: a value that is neither true nor false (``ture``).
     """
-    return env_bool(ENV_ALLOW_LIVE, environ)
+    return Settings.from_env(environ, only=("allow_live",)).allow_live
 
 
 def _shown(value: object) -> str:
@@ -224,7 +229,9 @@ class Router:
     :param limits: the seed's three limits at global scope, set in code (over the
         environment and the config file's ``[risk]`` table).
     :param connector_config: per-connector configuration passed to factories, e.g.
-        ``{"binance": {"api_url": "http://127.0.0.1:8123"}}``.
+        ``{"binance": {"api_url": "http://127.0.0.1:8123"}}``, over the config file's
+        ``[connectors.NAME]`` tables key by key; checked against the connector's
+        :attr:`~bagbot_core.connector.Connector.config_keys` when it is built.
     :param allow_live: allow ``testnet=False``; default reads ``BAGBOT_ALLOW_LIVE``. Both
         the caller's ``testnet=False`` and this are needed before a live order is sent.
     :param reconcile_grace: how old an unresolved row must be before reconcile may
@@ -262,7 +269,10 @@ class Router:
         self.skipped_risk_checks: tuple[str, ...] = resolve_skipped(
             requested, [check.name for check in self.registry.risk_checks()]
         ) if requested else ()
-        self.connector_config = {k: dict(v) for k, v in (connector_config or {}).items()}
+        #: Per connector: the config file's ``[connectors.NAME]`` table (the file the risk
+        #: config read), ``connector_config`` over it key by key.
+        self.connector_config = merge_connector_config(read_connector_tables(risk.path),
+                                                       connector_config)
         for config in self.connector_config.values():
             _register_secrets(config)
         self._allow_live = allow_live
@@ -331,6 +341,9 @@ class Router:
                 if not connector.name:
                     connector.name = name
                 try:
+                    check_connector_config(  # unknown keys: only if its class declares
+                        name, connector.config_keys, config,
+                        allow_unknown="config_keys" not in vars(type(connector)))
                     live = connector.check_endpoints(testnet=testnet,
                                                      allow_live=settings.allow_live)
                 except Exception as exc:

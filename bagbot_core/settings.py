@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
 
 from bagbot_core.errors import ConfigurationError
 from bagbot_core.money import parse_setting
@@ -81,3 +85,194 @@ def parse_int_setting(value: str, name: str, *, minimum: int = 0) -> int:
     if number < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+# -- the environment as one typed object ----------------------------------------------------
+
+
+@attrs.frozen
+class SettingSpec:
+    """One environment variable as documented: the README's Configuration table is
+    :func:`markdown_table` of :data:`SPECS` (a test keeps the two equal)."""
+
+    field: str
+    name: str
+    kind: str  # bool, decimal, int, path, text, names, choice
+    type: str
+    default: str
+    meaning: str
+    alias: str | None = None
+    choices: tuple[str, ...] = ()
+    noun: str = ""
+
+
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+_DIGITS = ("like every number setting, written with ASCII digits only "
+           "(`\u0661\u0660` or `\uff11\uff10` is a configuration error)")
+
+#: Every bagbot environment variable, in the order the README lists them.
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "config_path", "BAGBOT_CONFIG", "path", "path",
+        "`$XDG_CONFIG_HOME/bagbot/bagbot.toml` (`~/.config/...`) if it exists",
+        "the risk config file (TOML, see [Risk controls](#risk-controls)); `bagbot --config "
+        "PATH` overrides it; a named file that does not exist is a configuration error"),
+    SettingSpec(
+        "database_url", "BAGBOT_DATABASE_URL", "text", "URL",
+        "`sqlite:///~/.local/share/bagbot/bagbot.db`",
+        "any SQLAlchemy URL; `postgresql+psycopg://...` for PostgreSQL"),
+    SettingSpec(
+        "max_order_qty", "BAGBOT_MAX_ORDER_QTY", "decimal", "decimal", "`10.0`",
+        f"max quantity per order (inclusive); {_DIGITS}", alias="MAX_ORDER_QTY"),
+    SettingSpec(
+        "max_order_value_usd", "BAGBOT_MAX_ORDER_VALUE_USD", "decimal", "decimal",
+        "`100000.0`", "max order value in USD (inclusive); USD stablecoin quotes count as "
+        "USD; unvaluable orders are refused", alias="MAX_ORDER_VALUE_USD"),
+    SettingSpec(
+        "min_order_qty", "BAGBOT_MIN_ORDER_QTY", "decimal", "decimal", "`0.0001`",
+        "min quantity per order (inclusive); above the maximum is a configuration error",
+        alias="MIN_ORDER_QTY"),
+    SettingSpec(
+        "allow_live", "BAGBOT_ALLOW_LIVE", "bool", "boolean", "false",
+        "true allows `testnet=False`; without it live orders are refused before anything is "
+        "sent"),
+    SettingSpec(
+        "disable_plugins", "BAGBOT_DISABLE_PLUGINS", "names", "names", "none",
+        "comma-separated plugin names not to load (`paper` included); `risk` is refused: use "
+        "`BAGBOT_SKIP_RISK_CHECKS`"),
+    SettingSpec(
+        "skip_risk_checks", "BAGBOT_SKIP_RISK_CHECKS", "names", "names", "none",
+        "comma-separated risk check names not to run, or `all` (`Router(skip_risk_checks=...)` "
+        "in code); an unknown name is a configuration error; every order then logs a "
+        "`risk_checks_bypassed` warning and records `details[\"risk_checks_skipped\"]`"),
+    SettingSpec(
+        "trace_hooks", "BAGBOT_TRACE_HOOKS", "bool", "boolean", "false",
+        "true prints every hook call to stderr"),
+    SettingSpec(
+        "log_format", "BAGBOT_LOG_FORMAT", "choice", "`json` or `console`",
+        "JSON, console on a terminal", "how audit events are written",
+        choices=LOG_FORMATS, noun="log format"),
+    SettingSpec(
+        "log_file", "BAGBOT_LOG_FILE", "path", "path",
+        "stderr (the CLI: `<database>.audit.log` next to a SQLite file; `-v` for stderr)",
+        "append audit events to this file"),
+    SettingSpec(
+        "log_level", "BAGBOT_LOG_LEVEL", "choice", "`debug` ... `critical`", "`info`",
+        "minimum level", choices=LOG_LEVELS, noun="log level"),
+    SettingSpec(
+        "sqlite_busy_timeout_ms", "BAGBOT_SQLITE_BUSY_TIMEOUT_MS", "int", "whole number",
+        f"`{DEFAULT_BUSY_TIMEOUT_MS}`", "how long a SQLite writer waits for the lock, in ms"),
+    SettingSpec(
+        "user", "BAGBOT_USER", "text", "text", "`$USER`, else `cli`",
+        "the user the CLI routes and lists orders for (`--user` overrides it)"),
+)
+_BY_FIELD = {spec.field: spec for spec in SPECS}
+
+
+def _text(raw: str, name: str) -> str | None:
+    if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in raw):
+        # the value itself is not shown: a database URL may hold a password
+        raise ConfigurationError(
+            f"{name} contains NUL or bytes that are not UTF-8 text: write it in UTF-8")
+    return raw.strip() or None
+
+
+def _parse(spec: SettingSpec, raw: str, name: str) -> object:
+    """``raw`` (set, maybe blank) by the rule of ``spec.kind``; ``None`` means not given."""
+    if spec.kind == "bool":
+        return parse_bool(raw, name)
+    if spec.kind == "decimal":
+        return parse_setting(raw, name) if raw.strip() else None
+    if spec.kind == "int":
+        return parse_int_setting(raw, name, minimum=0)
+    if spec.kind == "names":
+        return frozenset(item.strip() for item in raw.split(",") if item.strip())
+    text = _text(raw, name)
+    if spec.kind == "path":
+        return None if text is None else Path(text).expanduser()
+    if spec.kind == "choice" and text is not None:
+        text = text.lower()
+        if text not in spec.choices:
+            raise ConfigurationError(f"{name}={raw!r} is not a {spec.noun}: use one of "
+                                     f"{', '.join(spec.choices)}")
+    return text
+
+
+def _read(spec: SettingSpec, env: Mapping[str, str]) -> tuple[object, str | None]:
+    """The value of ``spec`` and the variable it came from (``None``: not given).
+
+    The ``BAGBOT_`` name and its seed alias may both be set only to the same value: two
+    different limits for one control are a setup mistake, not a precedence question.
+    """
+    found = [(name, _parse(spec, env[name], name))
+             for name in (spec.name, spec.alias) if name is not None and name in env]
+    found = [(name, value) for name, value in found if value is not None]
+    if not found:
+        return None, None
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise ConfigurationError(
+            f"{spec.name}={env[spec.name].strip()!r} and its alias {spec.alias}="
+            f"{env[spec.alias or ''].strip()!r} disagree: set only {spec.name}")
+    return found[0][1], found[0][0]
+
+
+@attrs.frozen
+class Settings:
+    """bagbot's environment variables (:data:`SPECS`), typed and checked.
+
+    ``None`` (or an empty set, ``False``) means not given: the module that uses a setting
+    owns its default. ``sources`` maps a given field to the variable it was read from (a
+    seed alias such as ``MAX_ORDER_QTY`` included).
+    """
+
+    config_path: Path | None = None
+    database_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    max_order_qty: Decimal | None = None
+    max_order_value_usd: Decimal | None = None
+    min_order_qty: Decimal | None = None
+    allow_live: bool = False
+    disable_plugins: frozenset[str] = frozenset()
+    skip_risk_checks: frozenset[str] = frozenset()
+    trace_hooks: bool = False
+    log_format: str | None = None
+    log_file: Path | None = None
+    log_level: str | None = None
+    sqlite_busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    user: str | None = None
+    sources: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 only: Iterable[str] | None = None) -> Settings:
+        """Read ``environ`` (default ``os.environ``, read now: cheap, so call it where the
+        value is used rather than caching it).
+
+        :param only: fields to read, the rest keep their defaults: a module reading one
+            setting is not refused for a typo in another (that one fails where it is used).
+        :raises ConfigurationError: naming the variable, for any malformed value.
+        """
+        env = os.environ if environ is None else environ
+        fields = tuple(_BY_FIELD) if only is None else tuple(only)
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for field in fields:
+            value, source = _read(_BY_FIELD[field], env)
+            if source is not None:
+                values[field], sources[field] = value, source
+        return cls(**values, sources=sources)
+
+
+def markdown_table() -> str:
+    """The README's Configuration table, from :data:`SPECS`."""
+    lines = ["| variable | alias | type | default | what |", "|---|---|---|---|---|"]
+    for spec in SPECS:
+        alias = f"`{spec.alias}`" if spec.alias else ""
+        lines.append(f"| `{spec.name}` | {alias} | {spec.type} | {spec.default} | "
+                     f"{spec.meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m bagbot_core.settings: print the README table
+    print(markdown_table())

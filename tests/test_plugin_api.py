@@ -137,9 +137,13 @@ OLD_PATHS: list[tuple[str, str]] = [
         "check_market_limits", "config_bool", "config_seconds", "config_secret",
         "http_base_url",
     )],
+    *[("bagbot_core.connector_config", name) for name in (
+        "ConfigKey", "check_connector_config", "declare_config",
+    )],
     *[("bagbot_core.ccxt_support", name) for name in (
-        "CcxtConnector", "average_price", "classify_ccxt_error", "decimal_or_none",
-        "exchange_message", "parse_retry_after", "plain", "positive_or_none", "scrub_secrets",
+        "CCXT_CONFIG_KEYS", "CcxtConnector", "average_price", "classify_ccxt_error",
+        "decimal_or_none", "exchange_message", "parse_retry_after", "plain", "positive_or_none",
+        "scrub_secrets",
     )],
     *[("bagbot_core.endpoints", name) for name in (
         "check_endpoints", "endpoint_host", "endpoint_is_live", "is_loopback_host",

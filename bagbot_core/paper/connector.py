@@ -82,6 +82,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bagbot_core.connector import Capabilities, Connector, ConnectorSettings
+from bagbot_core.connector_config import ConfigKey, declare_config
 from bagbot_core.db import database_url, get_engine
 from bagbot_core.errors import (
     ConfigurationError,
@@ -126,7 +127,15 @@ DEFAULT_BALANCES: Mapping[str, Decimal] = {
     "ETH": Decimal(100),
     "SOL": Decimal(1_000),
 }
-_CONFIG_KEYS = frozenset({"account", "balances", "prices", "markets", "spread"})
+#: The config keys (the module docstring says what each holds).
+CONFIG_KEYS = declare_config(
+    ConfigKey("account", "text", "account name (default \"default\")"),
+    ConfigKey("balances", "table", "starting balances, e.g. {USDT = \"100000\"}"),
+    ConfigKey("prices", "table", "reference price overrides, e.g. {\"BTC/USDT\" = \"51000\"}"),
+    ConfigKey("markets", "list", "markets replacing the default ones"),
+    ConfigKey("spread", "decimal", "fraction of the reference price on each side"),
+)
+_CONFIG_KEYS = frozenset(CONFIG_KEYS)
 
 
 @attrs.frozen
@@ -313,6 +322,7 @@ class PaperConnector(Connector):
     """
 
     name = "paper"
+    config_keys = CONFIG_KEYS
     capabilities = Capabilities(
         market_orders=True,
         limit_orders=True,

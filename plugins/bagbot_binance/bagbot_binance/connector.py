@@ -45,9 +45,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bagbot_core.plugin import (
+    CCXT_CONFIG_KEYS,
     BagbotError,
     Capabilities,
     CcxtConnector,
+    ConfigKey,
     ConfigurationError,
     ConnectorSettings,
     ExchangeOrder,
@@ -61,6 +63,7 @@ from bagbot_core.plugin import (
     classify_ccxt_error,
     config_secret,
     decimal_or_none,
+    declare_config,
     declare_params,
     endpoint_is_live,
     exchange_message,
@@ -142,6 +145,13 @@ class BinanceConnector(CcxtConnector):
         fills_in_create_response=True,
     )
     allowed_params = PARAMS
+    config_keys = declare_config(
+        ConfigKey("api_key", "secret", "API key (required)", ENV_API_KEY),
+        ConfigKey("api_secret", "secret", "API secret (required)", ENV_API_SECRET),
+        ConfigKey("api_url", "url", "base URL replacing the host of every endpoint",
+                  ENV_API_URL),
+        *CCXT_CONFIG_KEYS.values(),
+    )
 
     #: Binance's spot testnet; every other host but a loopback address is live.
     sandbox_hosts = frozenset({TESTNET_HOST})

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 from bagbot_binance import plugin
 from bagbot_binance.connector import PRODUCTION_URL, TESTNET_URL, BinanceConnector
 from bagbot_binance.testing import FakeBinanceServer
+from click.testing import CliRunner
 
+from bagbot_core.cli import cli
 from bagbot_core.connector import ConnectorSettings
 from bagbot_core.errors import ConfigurationError
+from bagbot_core.router import set_router
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -157,3 +163,47 @@ async def test_enable_rate_limit_config_turns_ccxt_limiter_off(
         assert conn.exchange.options["maxRetriesOnFailure"] == 0
     finally:
         await conn.close()
+
+
+async def test_cli_connector_options_reach_binance_over_the_environment(
+    binance_server: FakeBinanceServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """``--connector-option`` routes a CLI order to a local fake, rate limiter off, and
+    beats the environment (whose URL points at a closed port)."""
+    monkeypatch.setenv("BAGBOT_BINANCE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("BAGBOT_CONFIG", raising=False)
+    options = [f"binance.api_url={binance_server.url}", "binance.enable_rate_limit=false",
+               f"binance.api_key={binance_server.api_key}",
+               f"binance.api_secret={binance_server.api_secret}", "binance.timeout=5"]
+    args = ["--database-url", f"sqlite:///{tmp_path / 'cli.db'}"]
+    for option in options:
+        args += ["--connector-option", option]
+    args += ["route", "BTC/USDT", "buy", "0.001", "--connector", "binance", "--json"]
+    set_router(None)
+    try:
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    finally:
+        set_router(None)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["status"] == "filled"
+    assert binance_server.api_secret not in result.output
+    assert any(r.path == "/api/v3/order" for r in binance_server.requests)
+
+
+async def test_cli_refuses_an_unknown_binance_option_before_anything_is_sent(
+    binance_server: FakeBinanceServer, tmp_path: Path,
+) -> None:
+    args = ["--database-url", f"sqlite:///{tmp_path / 'cli.db'}",
+            "--connector-option", f"binance.api_url={binance_server.url}",
+            "--connector-option", f"binance.api_key={binance_server.api_key}",
+            "--connector-option", f"binance.api_secret={binance_server.api_secret}",
+            "--connector-option", "binance.enable_rate_limt=false",
+            "route", "BTC/USDT", "buy", "0.001", "--connector", "binance"]
+    set_router(None)
+    try:
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    finally:
+        set_router(None)
+    assert result.exit_code != 0
+    assert "did you mean 'enable_rate_limit'" in result.output
+    assert binance_server.requests == []

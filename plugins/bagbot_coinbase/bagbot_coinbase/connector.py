@@ -103,9 +103,11 @@ from urllib.parse import urlsplit
 import attrs
 
 from bagbot_core.plugin import (
+    CCXT_CONFIG_KEYS,
     BagbotError,
     Capabilities,
     CcxtConnector,
+    ConfigKey,
     ConfigurationError,
     ConnectorSettings,
     ExchangeOrder,
@@ -124,6 +126,7 @@ from bagbot_core.plugin import (
     config_bool,
     config_secret,
     decimal_or_none,
+    declare_config,
     declare_params,
     http_base_url,
     normalize,
@@ -272,6 +275,18 @@ class CoinbaseConnector(CcxtConnector):
     )
     #: Market buys are sized in quote currency: the base bought follows the price.
     market_buy_tolerance = Decimal("0.1")
+
+    config_keys = declare_config(
+        ConfigKey("api_key", "secret", "CDP API key name", ENV_API_KEY),
+        ConfigKey("api_secret", "secret", "its ECDSA private key (PEM)", ENV_API_SECRET,
+                  multiline=True),
+        ConfigKey("api_url", "url", "one base URL for every request", ENV_API_URL),
+        ConfigKey("market_data_url", "url", "sandbox mode: where public product data comes from"),
+        ConfigKey("fetch_after_create", "bool", "fetch the order right after creating it"),
+        ConfigKey("client_id_search_pages", "int",
+                  "pages of 100 orders searched to find an order by client order id"),
+        *CCXT_CONFIG_KEYS.values(),
+    )
 
     #: Where sandbox orders go; every other host but a loopback address is live.
     sandbox_hosts = frozenset({urlsplit(SANDBOX_URL).netloc})
