@@ -265,7 +265,7 @@ class Settings:
                  connector_options: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.database_url = database_url
         self.verbose = verbose
-        #: ``--config``: the risk config file instead of ``BAGBOT_CONFIG``/the default.
+        #: ``--config``: the config file instead of ``BAGBOT_CONFIG``/the default.
         self.config_path = config_path
         #: ``--connector-option NAME.KEY=VALUE``: over the file's ``[connectors.NAME]``.
         self.connector_options = {k: dict(v) for k, v in (connector_options or {}).items()}
@@ -488,7 +488,8 @@ def _echo_order_details(order: Order) -> None:
               help="SQLAlchemy URL of bagbot's database (overrides $BAGBOT_DATABASE_URL; "
                    "default: a SQLite file in ~/.local/share/bagbot).")
 @click.option("--config", "config_path", metavar="PATH", default=None,
-              help="Risk config file (TOML; overrides $BAGBOT_CONFIG; default: "
+              help="Config file ([settings], [risk], [connectors.NAME]; TOML) for this "
+                   "command (overrides $BAGBOT_CONFIG; default: "
                    "$XDG_CONFIG_HOME/bagbot/bagbot.toml if it exists).")
 @click.option("--connector-option", "connector_options", metavar="NAME.KEY=VALUE",
               multiple=True,
@@ -516,6 +517,10 @@ def cli(ctx: click.Context, database_url: str | None, config_path: str | None,
         except BagbotError as exc:
             raise click.BadParameter(str(exc), ctx, param_hint="'--connector-option'") from None
     ctx.obj = Settings(database_url, verbose, config_path, options)
+    if config_path is not None:  # its [settings] table, until this command ends
+        from bagbot_core.settings import using_config_file
+
+        ctx.with_resource(using_config_file(config_path))
 
 
 @cli.command(short_help="Route one order (testnet unless --live).")

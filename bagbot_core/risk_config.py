@@ -44,15 +44,19 @@ import attrs
 
 from bagbot_core.errors import ConfigurationError, OrderValidationError
 from bagbot_core.money import decimal_text, parse_number_text, to_decimal
-from bagbot_core.settings import BOOL_RULE, Settings, parse_bool
+from bagbot_core.settings import (  # noqa: F401 - DEFAULT_CONFIG_NAME: kept import path
+    BOOL_RULE,
+    DEFAULT_CONFIG_NAME,
+    Settings,
+    default_config_path,
+    parse_bool,
+)
 
 if TYPE_CHECKING:
     from bagbot_core.risk import RiskLimits
 
 #: Environment variable naming the config file.
 ENV_CONFIG = "BAGBOT_CONFIG"
-#: The file's path below ``$XDG_CONFIG_HOME`` (default ``~/.config``).
-DEFAULT_CONFIG_NAME = Path("bagbot") / "bagbot.toml"
 #: The scope tables inside ``[risk]``, most specific first.
 SCOPES: Final = ("symbols", "connectors", "users")
 _SCOPE_WORD = {"symbols": "symbol", "connectors": "connector", "users": "user"}
@@ -130,13 +134,6 @@ SPECS: Final[Mapping[str, LimitSpec]] = {spec.name: spec for spec in (
 )}
 #: The checks configured here, in the order ``bagbot risk show`` lists them.
 CHECKS: Final = tuple(dict.fromkeys(spec.check for spec in SPECS.values()))
-
-
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/bagbot/bagbot.toml`` (``~/.config/bagbot/bagbot.toml``)."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(base) / DEFAULT_CONFIG_NAME
 
 
 def spec_for(name: str) -> LimitSpec:
@@ -319,13 +316,14 @@ def read_file(path: Path) -> dict[Scope, dict[str, Any]]:
             f"config file {path}: cannot read it: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
-    # [connectors.NAME] tables are read by bagbot_core.connector_config.
-    unknown = sorted(set(document) - {"risk", "connectors"})
+    # [connectors.NAME] tables are read by bagbot_core.connector_config, [settings] by
+    # bagbot_core.settings.
+    unknown = sorted(set(document) - {"risk", "connectors", "settings"})
     if unknown:
         key = unknown[0]
         raise ConfigurationError(
             f"file {path}: unknown key {_shown(key)} = {_shown(document[key])} (the file "
-            "holds a [risk] table and [connectors.NAME] tables)")
+            "holds a [settings] table, a [risk] table and [connectors.NAME] tables)")
     risk = document.get("risk", {})
     if not isinstance(risk, Mapping):
         raise _bad(f"file {path}", "risk", risk, "must be a table")

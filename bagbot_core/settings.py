@@ -7,13 +7,19 @@ empty string are false; case and surrounding whitespace do not matter. Anything 
 
 Numbers: ASCII digits only (see :mod:`bagbot_core.money`); ``MAX_ORDER_QTY`` in
 Arabic-Indic or full-width digits is refused.
+
+The config file's ``[settings]`` table (:data:`FILE_KEYS`) sits between the environment and
+the defaults: a deployment writes its settings down once, a shell can still override one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -117,8 +123,9 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "config_path", "BAGBOT_CONFIG", "path", "path",
         "`$XDG_CONFIG_HOME/bagbot/bagbot.toml` (`~/.config/...`) if it exists",
-        "the risk config file (TOML, see [Risk controls](#risk-controls)); `bagbot --config "
-        "PATH` overrides it; a named file that does not exist is a configuration error"),
+        "the config file (TOML): `[settings]` (below), `[risk]` (see [Risk controls]"
+        "(#risk-controls)) and `[connectors.NAME]`; `bagbot --config PATH` overrides it for "
+        "one command; a named file that does not exist is a configuration error"),
     SettingSpec(
         "database_url", "BAGBOT_DATABASE_URL", "text", "URL",
         "`sqlite:///~/.local/share/bagbot/bagbot.db`",
@@ -218,13 +225,130 @@ def _read(spec: SettingSpec, env: Mapping[str, str]) -> tuple[object, str | None
     return found[0][1], found[0][0]
 
 
+# -- the config file's [settings] table ------------------------------------------------------
+
+#: The config file's path below ``$XDG_CONFIG_HOME`` (default ``~/.config``).
+DEFAULT_CONFIG_NAME = Path("bagbot") / "bagbot.toml"
+#: Keys the file may not set, and why: these must be explicit where they take effect.
+FILE_REFUSED: Mapping[str, str] = {
+    "allow_live": "the live-trading opt-in must come from the environment (BAGBOT_ALLOW_LIVE)",
+    "skip_risk_checks": "bypassing risk checks must be explicit in the environment "
+                        "(BAGBOT_SKIP_RISK_CHECKS) or in code",
+    "config": "the file cannot name itself (use --config or BAGBOT_CONFIG)",
+    "config_path": "the file cannot name itself (use --config or BAGBOT_CONFIG)",
+    "max_order_qty": "risk limits belong in the [risk] table",
+    "max_order_value_usd": "risk limits belong in the [risk] table",
+    "min_order_qty": "risk limits belong in the [risk] table",
+}
+#: The ``[settings]`` keys: a variable's lower-case name without ``BAGBOT_``.
+FILE_KEYS: tuple[str, ...] = tuple(s.field for s in SPECS if s.field not in FILE_REFUSED)
+_SECRET_FIELDS = frozenset({"database_url"})
+#: ``bagbot --config PATH`` for the command being run (see :func:`using_config_file`).
+_CONFIG_OVERRIDE: ContextVar[Path | None] = ContextVar("bagbot_config_file", default=None)
+_FILE_CACHE: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/bagbot/bagbot.toml`` (``~/.config/bagbot/bagbot.toml``)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base) / DEFAULT_CONFIG_NAME
+
+
+@contextlib.contextmanager
+def using_config_file(path: str | Path | None) -> Iterator[None]:
+    """Read settings from ``path`` instead of ``BAGBOT_CONFIG``/the default, inside the block
+    (``bagbot --config PATH`` for one command); ``None`` changes nothing."""
+    token = _CONFIG_OVERRIDE.set(None if path is None else Path(path).expanduser())
+    try:
+        yield
+    finally:
+        _CONFIG_OVERRIDE.reset(token)
+
+
+def config_file(environ: Mapping[str, str]) -> Path | None:
+    """The config file in effect: ``--config``, else ``BAGBOT_CONFIG``, else the default
+    location if that file exists, else ``None``."""
+    chosen = _CONFIG_OVERRIDE.get()
+    if chosen is not None:
+        return chosen
+    named, _ = _read(_BY_FIELD["config_path"], environ)
+    if isinstance(named, Path):
+        return named
+    candidate = default_config_path(environ)
+    return candidate if candidate.is_file() else None
+
+
+def file_settings(path: Path) -> dict[str, Any]:
+    """The checked ``[settings]`` table of ``path`` (field -> value), cached by the file's
+    modification time and size so reading it on every call stays cheap.
+
+    :raises ConfigurationError: naming the file (and key): unreadable, not TOML, a refused
+        or unknown key, a bad value (a database URL is never shown).
+    """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"config file {path}: cannot read it: {exc.strerror or exc}") from None
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _FILE_CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"config file {path}: cannot read it: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
+    table = document.get("settings", {})
+    where = f"file {path} [settings]"
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"file {path}: settings must be a table ([settings] with "
+                                 "KEY = VALUE lines)")
+    values = {key: _file_value(key, raw, where) for key, raw in table.items()}
+    _FILE_CACHE[path] = (stamp, values)
+    return values
+
+
+def _file_value(key: str, raw: object, where: str) -> object:
+    if key in FILE_REFUSED:
+        raise ConfigurationError(f"{where}: {key} cannot be set in the config file: "
+                                 f"{FILE_REFUSED[key]}")
+    if key not in FILE_KEYS:
+        raise ConfigurationError(f"{where}: unknown key {ascii(key)[:60]}; the keys are "
+                                 f"{', '.join(FILE_KEYS)}")
+    spec = _BY_FIELD[key]
+    name = f"{where} {key}"
+    if spec.kind == "names" and isinstance(raw, list) and all(isinstance(i, str) for i in raw):
+        raw = ",".join(raw)
+    elif spec.kind == "bool" and isinstance(raw, bool):
+        return raw
+    elif spec.kind == "int" and isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str):
+        wanted = {"bool": "a boolean", "int": "a whole number",
+                  "names": "a list of names"}.get(spec.kind, "a string")
+        raise ConfigurationError(f"{name} must be {wanted}, got a TOML {type(raw).__name__}")
+    if key in _SECRET_FIELDS:
+        if not raw.strip():
+            raise ConfigurationError(f"{name} is empty: remove the line or give a URL")
+        return _text(raw, name)  # never shows the value
+    value = _parse(spec, raw, name)
+    if value is None:
+        raise ConfigurationError(f"{name} is empty: remove the line or give a value")
+    return value
+
+
 @attrs.frozen
 class Settings:
     """bagbot's environment variables (:data:`SPECS`), typed and checked.
 
     ``None`` (or an empty set, ``False``) means not given: the module that uses a setting
     owns its default. ``sources`` maps a given field to the variable it was read from (a
-    seed alias such as ``MAX_ORDER_QTY`` included).
+    seed alias such as ``MAX_ORDER_QTY`` included) or ``file PATH [settings]``.
     """
 
     config_path: Path | None = None
@@ -247,7 +371,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
                  only: Iterable[str] | None = None) -> Settings:
         """Read ``environ`` (default ``os.environ``, read now: cheap, so call it where the
-        value is used rather than caching it).
+        value is used rather than caching it), then the config file's ``[settings]`` table
+        (:func:`config_file`) for the fields the environment does not give.
 
         :param only: fields to read, the rest keep their defaults: a module reading one
             setting is not refused for a typo in another (that one fails where it is used).
@@ -261,6 +386,13 @@ class Settings:
             value, source = _read(_BY_FIELD[field], env)
             if source is not None:
                 values[field], sources[field] = value, source
+        if any(field in FILE_KEYS and field not in sources for field in fields):
+            path = config_file(env)
+            from_file = file_settings(path) if path is not None else {}
+            for field in fields:
+                if field in from_file and field not in sources:
+                    values[field] = from_file[field]
+                    sources[field] = f"file {path} [settings]"
         return cls(**values, sources=sources)
 
 
