@@ -22,7 +22,6 @@ The configuration comes from three places; per key the first that sets it wins:
 from __future__ import annotations
 
 import difflib
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +39,7 @@ from bagbot_core.connector import (
 from bagbot_core.errors import ConfigurationError
 from bagbot_core.money import parse_number_text
 from bagbot_core.secrets import Secret
-from bagbot_core.settings import BOOL_RULE
+from bagbot_core.settings import BOOL_RULE, read_config_document
 
 __all__ = [
     "CONFIG_KINDS",
@@ -214,14 +213,7 @@ def read_connector_tables(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """
     if path is None:
         return {}
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle, parse_float=Decimal)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"config file {path}: cannot read it: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
+    document = read_config_document(path)
     tables = document.get("connectors", {})
     if not isinstance(tables, Mapping):
         raise ConfigurationError(f"config file {path}: connectors must be a table of "

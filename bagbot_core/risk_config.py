@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -50,6 +49,7 @@ from bagbot_core.settings import (  # noqa: F401 - DEFAULT_CONFIG_NAME: kept imp
     Settings,
     default_config_path,
     parse_bool,
+    read_config_document,
 )
 
 if TYPE_CHECKING:
@@ -308,14 +308,7 @@ def read_file(path: Path) -> dict[Scope, dict[str, Any]]:
     :raises ConfigurationError: naming the file: unreadable, not TOML (with the line),
         an unknown key or a bad value.
     """
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle, parse_float=Decimal)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"config file {path}: cannot read it: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
+    document = read_config_document(path)
     # [connectors.NAME] tables are read by bagbot_core.connector_config, [settings] by
     # bagbot_core.settings.
     unknown = sorted(set(document) - {"risk", "connectors", "settings"})

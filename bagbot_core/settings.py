@@ -279,6 +279,25 @@ def config_file(environ: Mapping[str, str]) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def read_config_document(path: str | Path) -> dict[str, Any]:
+    """The whole config file as TOML, numbers exact (decimals as :class:`Decimal`).
+
+    One reader for its three parts: ``[settings]`` here, ``[risk]`` in
+    :mod:`bagbot_core.risk_config`, ``[connectors.NAME]`` in
+    :mod:`bagbot_core.connector_config`.
+
+    :raises ConfigurationError: naming the file: unreadable or not TOML.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle, parse_float=Decimal)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"config file {path}: cannot read it: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
+
+
 def file_settings(path: Path) -> dict[str, Any]:
     """The checked ``[settings]`` table of ``path`` (field -> value), cached by the file's
     modification time and size so reading it on every call stays cheap.
@@ -295,14 +314,7 @@ def file_settings(path: Path) -> dict[str, Any]:
     cached = _FILE_CACHE.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"config file {path}: cannot read it: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"config file {path}: not valid TOML: {exc}") from None
+    document = read_config_document(path)
     table = document.get("settings", {})
     where = f"file {path} [settings]"
     if not isinstance(table, Mapping):
