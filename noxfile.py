@@ -17,7 +17,7 @@ PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject
 nox.options.sessions = ["tests", "plugin", "lint", "typecheck", "demo", "build"]
 nox.options.error_on_missing_interpreters = True
 
-CORE_TEST = ".[testing,postgres,asyncio]"
+CORE_TEST = ".[testing,postgres,asyncio,service]"
 
 
 @nox.session
@@ -68,7 +68,8 @@ def build(session: nox.Session) -> None:
     Wheels and sdists for the core and every plugin under plugins/ (each wheel built from
     its sdist), ``twine check`` on all of them, then the wheels alone installed into a new
     venv, where ``bagbot plugins`` must list every plugin's entry points with what they
-    offer and ``bagbot new-plugin`` must find its templates.
+    offer, ``bagbot new-plugin`` must find its templates and the dashboard's page and
+    assets must be there.
     """
     session.install("build>=1.2", "twine>=5")
     tmp = Path(session.create_tmp())
@@ -95,6 +96,13 @@ def build(session: nox.Session) -> None:
                               f"with a connector or risk check: {listed}")
     session.run(str(bindir / "bagbot"), "new-plugin", "risk", "smoke", str(tmp / "smoke"),
                 external=True)
+    # `bagbot serve` reads its dashboard's page and assets from the installed package
+    # (-I: not from the source tree in the working directory).
+    session.run(str(bindir / "python"), "-I", "-c",
+                "import importlib.resources as r; d = r.files('bagbot_core.service'); "
+                "missing = [n for n in ('templates/dashboard.html', 'static/dashboard.js', "
+                "'static/dashboard.css', 'static/favicon.svg') if not d.joinpath(n).is_file()]; "
+                "assert not missing, f'not in the wheel: {missing}'", external=True)
 
 
 @nox.session

@@ -49,13 +49,16 @@ _SENSITIVE_TEXT = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# bagbot's own API tokens (bagbot_core.tokens), wherever they appear (a URL, a header, a
+# body): the public id stays readable, the secret is masked.
+_API_TOKEN = re.compile(r"(bgt_[a-z0-9]{12}_)[A-Za-z0-9_-]+", re.IGNORECASE)
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
                   re.DOTALL)
 # Every pattern above needs one of these words: text without any of them (almost every value
 # of almost every event) skips the three substitutions. Keep in step with the patterns.
 _REDACT_HINT = re.compile(
     r"secret|passw|passphrase|sign|api[_-]?key|apikey|private[_-]?key|token"
-    r"|cb-access-|bearer|authorization|-----BEGIN",
+    r"|cb-access-|bearer|authorization|-----BEGIN|bgt_",
     re.IGNORECASE,
 )
 
@@ -116,14 +119,15 @@ def _redact_text(text: str) -> str:
 def redact_fragments(text: str) -> str:
     """Mask credential-looking fragments by pattern alone: ``key=value`` and ``"key": value``
     pairs with a credential-ish key (``signature``, ``sign``, ``api_key``, ``token``...),
-    auth headers (``X-MBX-APIKEY``, ``CB-ACCESS-*``, ``Authorization``), Bearer tokens and
-    PEM private keys.
+    auth headers (``X-MBX-APIKEY``, ``CB-ACCESS-*``, ``Authorization``), Bearer tokens,
+    bagbot API tokens (``bgt_<id>_<secret>``: the secret) and PEM private keys.
 
     No known secrets and no cache: :func:`redact_text` adds both.
     """
     if not _REDACT_HINT.search(text):
         return text
     text = _PEM.sub(REDACTED, text)
+    text = _API_TOKEN.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _SENSITIVE_TEXT.sub(lambda m: m.group("key") + REDACTED, text)
 

@@ -724,13 +724,7 @@ def plugins(as_json: bool) -> None:
     """Loaded plugins: the distribution providing each, its connectors and risk checks."""
     from bagbot_core.plugins import PluginRegistry
 
-    infos = PluginRegistry().plugin_infos()
-    data = [
-        {"plugin": i.provenance.plugin, "distribution": i.provenance.distribution,
-         "version": i.provenance.version, "connectors": list(i.connectors),
-         "risk_checks": list(i.risk_checks)}
-        for i in infos
-    ]
+    data = [info.as_dict() for info in PluginRegistry().plugin_infos()]
     if as_json:
         click.echo(_json(data))
         return
@@ -779,30 +773,18 @@ def risk_show(settings: Settings, user: str | None, as_json: bool) -> None:
     """
     from bagbot_core.plugins import PluginRegistry
     from bagbot_core.risk import parse_skip_list, resolve_skipped
-    from bagbot_core.risk_config import CHECKS, RiskConfig
+    from bagbot_core.risk_config import RiskConfig, risk_report
 
     config = RiskConfig.load(settings.config_path)
     registry = PluginRegistry()
     names = [check.name for check in registry.risk_checks()]
-    skipped = set(resolve_skipped(parse_skip_list(None), names))
-    rows = config.describe(user_id=user)
-    configured = {row["check"] for row in rows}
-    scope = "global" if user is None else f"user {user}"
-    for info in registry.plugin_infos():  # checks without a configurable limit
-        rows += [{"check": name, "limit": None, "value": None, "scope": scope,
-                  "source": f"plugin {info.provenance.plugin} "
-                            f"({info.provenance.distribution})"}
-                 for name in info.risk_checks if name not in CHECKS]
-    order = {name: i for i, name in enumerate(names)}
-    rows.sort(key=lambda row: order.get(row["check"], len(order)))  # stable: scopes stay
-    for row in rows:
-        row["skipped"] = row["check"] in skipped
-    off = [name for name in CHECKS if name in order and name not in configured]
-    where = str(config.path) if config.path is not None else None
+    report = risk_report(config, registry, user_id=user,
+                         skipped=resolve_skipped(parse_skip_list(None), names))
     if as_json:
-        click.echo(_json({"config_file": where, "user": user, "checks": rows, "off": off,
-                          "skipped": sorted(skipped)}))
+        click.echo(_json(report))
         return
+    rows, off, where, skipped = (report["checks"], report["off"], report["config_file"],
+                                 report["skipped"])
     click.echo(format_table(
         ("CHECK", "LIMIT", "VALUE", "SCOPE", "SOURCE"),
         [[_cell(r["check"]) + (" (SKIPPED)" if r["skipped"] else ""), _cell(r["limit"] or "-"),
@@ -1004,11 +986,15 @@ def main(argv: Sequence[str] | None = None, *, group: click.Group | None = None)
         return code if isinstance(code, int) else (0 if code is None else 1)
 
 
+from bagbot_core.cli_serve import register as _register_serve  # noqa: E402 - needs cli
 from bagbot_core.cli_soak import register as _register_soak  # noqa: E402 - needs cli
 from bagbot_core.cli_state import register as _register_state  # noqa: E402 - needs cli
+from bagbot_core.cli_tokens import register as _register_tokens  # noqa: E402 - needs cli
 
 _register_state(cli)  # bagbot halt | reduce | resume, bagbot risk status
 _register_soak(cli)  # bagbot soak: each connector plugin adds its own
+_register_serve(cli)  # bagbot serve: the HTTP API
+_register_tokens(cli)  # bagbot tokens create | list | revoke
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ class OrderValidationError(BagbotError, ValueError):
     """The order payload is malformed: nothing was sent to any exchange."""
 
 
+class IdempotencyKeyReusedError(OrderValidationError):
+    """The idempotency key (``client_order_id``) already names a different order, or
+    another user's: nothing was done. A retry must reuse a key only for the same order."""
+
+
 class RiskCheckError(BagbotError):
     """One or more pre-trade risk checks refused the order: nothing was sent."""
 
@@ -115,6 +120,7 @@ __all__ = [
     "ExchangeOrderNotFoundError",
     "ExchangeRejectedError",
     "ExchangeUnavailableError",
+    "IdempotencyKeyReusedError",
     "IllegalTransitionError",
     "LiveTradingNotAllowedError",
     "OrderNotFoundError",

@@ -218,5 +218,30 @@ class Position(Base):
     quantity: Mapped[Decimal] = mapped_column(ExactSum())
 
 
+class ApiToken(Base):
+    """One API token of ``bagbot serve`` (:mod:`bagbot_core.tokens`).
+
+    The primary key is the token's public id, so authenticating is one index lookup. The
+    raw token is never stored: ``hash`` is its argon2id hash, which is all a leaked table
+    gives away. ``last_used_at`` is written at most once a minute, not on every request.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    admin: Mapped[bool] = mapped_column(Boolean)
+    live: Mapped[bool] = mapped_column(Boolean)
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def __repr__(self) -> str:  # never the hash
+        return f"<ApiToken id={self.id} user_id={self.user_id!r} admin={self.admin}>"
+
+
 # The position aggregate is kept by ORM events on Order: wherever Order is, they are too.
 import bagbot_core.positions  # noqa: E402, F401

@@ -97,6 +97,12 @@ class PluginInfo:
     connectors: tuple[str, ...]
     risk_checks: tuple[str, ...]
 
+    def as_dict(self) -> dict[str, Any]:
+        """One entry of ``bagbot plugins --json`` and ``GET /v1/plugins``."""
+        return {"plugin": self.provenance.plugin, "distribution": self.provenance.distribution,
+                "version": self.provenance.version, "connectors": list(self.connectors),
+                "risk_checks": list(self.risk_checks)}
+
 
 @attrs.define(eq=False)
 class _HookCall:

@@ -53,6 +53,7 @@ from bagbot_core.settings import (  # noqa: F401 - DEFAULT_CONFIG_NAME: kept imp
 )
 
 if TYPE_CHECKING:
+    from bagbot_core.plugins import PluginRegistry
     from bagbot_core.risk import RiskLimits
 
 #: Environment variable naming the config file.
@@ -506,6 +507,35 @@ class RiskConfig:
                     f"min_order_qty = {_text(low.value)} ({low.source}) is greater than "
                     f"max_order_qty = {_text(high.value)} ({high.source}): no order could pass "
                     "there; lower the one or raise the other")
+
+
+def risk_report(config: RiskConfig, registry: PluginRegistry, *, user_id: str | None = None,
+                skipped: Iterable[str] = ()) -> dict[str, Any]:
+    """What ``bagbot risk show --json`` prints and ``GET /v1/risk`` returns as ``limits``.
+
+    ``checks``: :meth:`RiskConfig.describe` plus every loaded check without a configurable
+    limit (its source names its plugin), in the order the checks run, each with
+    ``skipped``; ``off``: configurable checks no scope switches on; ``skipped``: the checks
+    not run (``BAGBOT_SKIP_RISK_CHECKS``).
+    """
+    names = [check.name for check in registry.risk_checks()]
+    skipped = set(skipped)
+    rows = config.describe(user_id=user_id)
+    configured = {row["check"] for row in rows}
+    scope = "global" if user_id is None else f"user {user_id}"
+    for info in registry.plugin_infos():  # checks without a configurable limit
+        rows += [{"check": name, "limit": None, "value": None, "scope": scope,
+                  "source": f"plugin {info.provenance.plugin} "
+                            f"({info.provenance.distribution})"}
+                 for name in info.risk_checks if name not in CHECKS]
+    order = {name: i for i, name in enumerate(names)}
+    rows.sort(key=lambda row: order.get(row["check"], len(order)))  # stable: scopes stay
+    for row in rows:
+        row["skipped"] = row["check"] in skipped
+    off = [name for name in CHECKS if name in order and name not in configured]
+    where = str(config.path) if config.path is not None else None
+    return {"config_file": where, "user": user_id, "checks": rows, "off": off,
+            "skipped": sorted(skipped)}
 
 
 def _text(value: Any) -> str | None:

@@ -47,6 +47,7 @@ from bagbot_core.errors import (
     ExchangeOrderNotFoundError,
     ExchangeRejectedError,
     ExchangeUnavailableError,
+    IdempotencyKeyReusedError,
     LiveTradingNotAllowedError,
     OrderStatusUnknownError,
     OrderValidationError,
@@ -779,8 +780,8 @@ class Router:
         )
 
     @staticmethod
-    def _key_taken(existing: Order) -> OrderValidationError:
-        return OrderValidationError(
+    def _key_taken(existing: Order) -> IdempotencyKeyReusedError:
+        return IdempotencyKeyReusedError(
             f"client_order_id {existing.client_order_id!r} is already used by order "
             f"{existing.id} with different parameters"
         )

@@ -174,6 +174,25 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "user", "BAGBOT_USER", "text", "text", "`$USER`, else `cli`",
         "the user the CLI routes and lists orders for (`--user` overrides it)"),
+    SettingSpec(
+        "service_rate_limit", "BAGBOT_SERVICE_RATE_LIMIT", "int", "whole number", "`20`",
+        "requests per second one API token may make to one `bagbot serve` process (bursts "
+        "up to twice that; over it: 429); `0` turns the limit off"),
+    SettingSpec(
+        "service_max_body", "BAGBOT_SERVICE_MAX_BODY", "int", "whole number", "`65536`",
+        "largest request body `bagbot serve` reads, in bytes (larger: 413)"),
+    SettingSpec(
+        "service_shutdown_grace", "BAGBOT_SERVICE_SHUTDOWN_GRACE", "int", "whole number",
+        "`30`", "seconds `bagbot serve` lets requests in flight finish after SIGTERM; an "
+        "order still in flight then is recorded `unknown` for reconcile"),
+    SettingSpec(
+        "service_timeout", "BAGBOT_SERVICE_TIMEOUT", "int", "whole number", "`10`",
+        "seconds a client may take to send its request body to `bagbot serve` (slower: "
+        "408)"),
+    SettingSpec(
+        "reconcile_interval", "BAGBOT_RECONCILE_INTERVAL", "int", "whole number", "`60`",
+        "seconds between the rounds of `bagbot serve`'s background reconciler; `0` turns it "
+        "off"),
 )
 _BY_FIELD = {spec.field: spec for spec in SPECS}
 
@@ -377,6 +396,11 @@ class Settings:
     log_level: str | None = None
     sqlite_busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
     user: str | None = None
+    service_rate_limit: int | None = None
+    service_max_body: int | None = None
+    service_shutdown_grace: int | None = None
+    service_timeout: int | None = None
+    reconcile_interval: int | None = None
     sources: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
 
     @classmethod

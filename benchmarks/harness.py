@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from benchmarks.risk import SEED_ROWS, seed
+from benchmarks.service import SCENARIOS as SERVICE_SCENARIOS
+from benchmarks.service import run_service
 
 SYMBOL = "BTC/USDT"
 AMOUNT = "0.0002"  # 10 USDT at the fake's 50000: above Binance's 5 USDT minimum notional
@@ -553,6 +555,7 @@ SCENARIOS: dict[str, tuple[str, str, float | None, tuple[str, str]]] = {
                 ("floor", "bagbot")),
     "pg_rows": ("8. PostgreSQL, controls on: 100,000 rows vs empty", "latency", 1.1,
                 ("empty", "100k")),
+    **SERVICE_SCENARIOS,  # the HTTP service: benchmarks/service.py
 }
 
 
@@ -662,6 +665,7 @@ async def run_async(cfg: Config, log: Callable[[str], None], scenarios: dict[str
                 ratios = scenario.ratios()
                 log(f"rep {rep + 1}/{cfg.reps} {key}: ratio {ratios[-1]:.3f} "
                     f"({time.perf_counter() - t0:.1f} s)")
+        await run_service(cfg, log, scenarios, dbs, server)  # benchmarks/service.py
     finally:
         if server is not None:
             server.close()

@@ -34,3 +34,21 @@ def test_quick_harness_runs_paper_and_startup(tmp_path: Path) -> None:
     assert paper["ratio_median"] > 0
     for key in ("help", "plugins"):
         assert data["scenarios"][key]["notes"] == ["ccxt imported: no"]
+
+
+@pytest.mark.skipif(not (ROOT / "benchmarks" / "service.py").exists(),
+                    reason="benchmarks/ is not in this checkout")
+def test_quick_harness_runs_the_service_scenario(tmp_path: Path) -> None:
+    """Paper orders through a real ``bagbot serve`` against ``route_order`` in process."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "svc_paper",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| 9. HTTP service (1 worker, SQLite), paper, vs in process |" in result.stdout
+    scenario = json.loads(out.read_text())["scenarios"]["svc_paper"]
+    for side in ("in-process", "service"):
+        assert scenario["samples"][side][0]["n"] > 0, side
+    assert scenario["ratio_median"] > 0

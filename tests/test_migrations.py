@@ -18,8 +18,8 @@ from bagbot_core.paper import models as _paper_models  # noqa: F401 - registers 
 def fresh_engine(url: str) -> object:
     engine = create_engine(url)
     with engine.begin() as conn:
-        for table in ("positions", "trading_state_changes", "trading_states", "paper_orders",
-                      "paper_balances", "orders", "alembic_version"):
+        for table in ("api_tokens", "positions", "trading_state_changes", "trading_states",
+                      "paper_orders", "paper_balances", "orders", "alembic_version"):
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     return engine
 

@@ -80,6 +80,10 @@ EXCEPTIONS = {
     ("risk_config.py", "load"): "passes the environment on to Settings and the default path",
     ("cli.py", "_default_user"): "USER, after BAGBOT_USER",
     ("cli_state.py", "_who"): "USER",
+    ("cli_serve.py", "_worker_environment"): "writes: hands the database URL, the config file "
+                                             "and the audit log to the worker processes",
+    ("cli_serve.py", "_metrics_directory"): "writes PROMETHEUS_MULTIPROC_DIR for the workers",
+    ("service/metrics.py", "multiprocess_dir"): "PROMETHEUS_MULTIPROC_DIR, prometheus_client's",
 }
 
 

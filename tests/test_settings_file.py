@@ -41,6 +41,11 @@ FILE_CASES: list[tuple[str, str, Any]] = [
     ("trace_hooks", "true", True),
     ("trace_hooks", '"yes"', True),
     ("user", '"desk-1"', "desk-1"),
+    ("service_rate_limit", "50", 50),
+    ("service_max_body", '"1024"', 1024),
+    ("service_shutdown_grace", "5", 5),
+    ("service_timeout", "3", 3),
+    ("reconcile_interval", "0", 0),
 ]
 
 

@@ -60,6 +60,7 @@ Config keys (``ConnectorSettings.config``):
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -83,7 +84,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bagbot_core.connector import Capabilities, Connector, ConnectorSettings
 from bagbot_core.connector_config import ConfigKey, declare_config
-from bagbot_core.db import database_url, get_engine
+from bagbot_core.db import database_url, get_engine, parse_url
 from bagbot_core.errors import (
     ConfigurationError,
     ExchangeOrderNotFoundError,
@@ -414,6 +415,22 @@ class PaperConnector(Connector):
                 raise
             raise ExchangeUnavailableError(f"paper exchange database error: {exc}") from exc
 
+    async def _call(self, work: Callable[[Session], T], *,
+                    pass_integrity_errors: bool = False) -> T:
+        """:meth:`_run` in a worker thread, off the event loop.
+
+        In an async process (``bagbot serve``) another task's ``AsyncSession`` may hold
+        SQLite's write lock and needs the loop to commit it: waiting for that lock on the
+        loop would stall both until the busy timeout. An in-memory database stays on this
+        thread (each thread would see its own, empty one).
+        """
+        url = (self._engine.url if self._engine is not None
+               else parse_url(database_url(self._database_url)))  # no engine yet: _run's job
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return self._run(work, pass_integrity_errors=pass_integrity_errors)
+        return await asyncio.to_thread(self._run, work,
+                                       pass_integrity_errors=pass_integrity_errors)
+
     # -- markets and prices --------------------------------------------------------------
 
     async def load_markets(self, *, reload: bool = False) -> Mapping[str, Market]:
@@ -460,7 +477,7 @@ class PaperConnector(Connector):
         def work(session: Session) -> list[ExchangeOrder]:
             return [self._view(row) for row in self._fill_crossed(session, [symbol])]
 
-        return self._run(work)
+        return await self._call(work)
 
     # -- balances ------------------------------------------------------------------------
 
@@ -523,7 +540,7 @@ class PaperConnector(Connector):
             ).all()
             return {r.asset: PaperBalance(r.asset, r.free, r.locked) for r in rows}
 
-        return self._run(work)
+        return await self._call(work)
 
     # -- orders --------------------------------------------------------------------------
 
@@ -748,13 +765,13 @@ class PaperConnector(Connector):
         # refused, as the router would, never placed as if they were not there.
         params_to_send(order, self.allowed_params, connector=self.name or "paper")
         try:
-            return self._run(
+            return await self._call(
                 lambda session: self._create_in(session, order, client_order_id),
                 pass_integrity_errors=True,
             )
         except IntegrityError:
             # A concurrent create with the same client order id committed first.
-            existing = self._run(lambda session: self._find(session, None, client_order_id))
+            existing = await self._call(lambda session: self._find(session, None, client_order_id))
             if existing is None:
                 raise ExchangeUnavailableError(
                     f"paper exchange could not store order {client_order_id!r}"
@@ -785,7 +802,7 @@ class PaperConnector(Connector):
                 raise self._not_found(symbol, external_id, client_order_id)
             return self._view(row)
 
-        return self._run(work)
+        return await self._call(work)
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
         """The account's resting orders, oldest first (optionally for one symbol)."""
@@ -800,7 +817,7 @@ class PaperConnector(Connector):
                 query = query.where(PaperOrderRow.symbol == symbol)
             return [self._view(r) for r in session.scalars(query.order_by(PaperOrderRow.id))]
 
-        return self._run(work)
+        return await self._call(work)
 
     async def cancel_order(
         self, symbol: str, *, external_id: str | None, client_order_id: str
@@ -835,4 +852,4 @@ class PaperConnector(Connector):
             session.flush()
             return self._view(row)
 
-        return self._run(work)
+        return await self._call(work)
