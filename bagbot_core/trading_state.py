@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -228,14 +229,21 @@ def read_states(session: Session, user_id: str, connector: str) -> list[ScopeSta
 
     Neither commits nor writes: the router runs it on its routing transaction.
     """
-    from sqlalchemy import select
+    rows = session.execute(_read_statement(), {"any_user": _ANY, "user_id": user_id,
+                                               "any_connector": _ANY, "connector": connector})
+    return [ScopeState.from_row(row) for row in rows]
+
+
+@functools.cache
+def _read_statement() -> Any:
+    """:func:`read_states`'s query, built once (with bound parameters, no expanding IN)."""
+    from sqlalchemy import bindparam, select
 
     from bagbot_core.models import TradingStateRow
 
-    rows = session.execute(select(*_columns(TradingStateRow)).where(
-        TradingStateRow.user_id.in_((_ANY, user_id)),
-        TradingStateRow.connector.in_((_ANY, connector))))
-    return [ScopeState.from_row(row) for row in rows]
+    return select(*_columns(TradingStateRow)).where(
+        TradingStateRow.user_id.in_([bindparam("any_user"), bindparam("user_id")]),
+        TradingStateRow.connector.in_([bindparam("any_connector"), bindparam("connector")]))
 
 
 def _columns(table: type[TradingStateRow]) -> tuple[Any, ...]:
