@@ -245,14 +245,26 @@ class History:
             rows: Any
             if dialect == "postgresql":
                 # NUMERIC arithmetic is exact: the database sums the rows whose value is a
-                # product or a column, and returns the partly filled rest (rare) as arrays.
-                summed, *columns = connection.execute(
+                # product or a column, and counts the rest (rare), fetched only if any.
+                summed, rest = connection.execute(
                     _statement("notional", dialect, shape), params).one()
                 total = Decimal(summed)
-                rows = zip(*columns, strict=True) if columns[0] else ()
+                rows = connection.execute(_statement("notional_rest", dialect, shape),
+                                          params).all() if rest else []
             else:
+                # SQLite keeps decimals as text: every product and the sum are exact here.
                 total = Decimal(0)
-                rows = connection.execute(_statement("notional", dialect, shape), params)
+                rows = []
+                with decimal.localcontext(_EXACT):
+                    for kind, status, symbol, qty, filled, avg, value in connection.execute(
+                            _statement("notional", dialect, shape), params):
+                        if kind == 1:
+                            total += Decimal(filled) * Decimal(avg)
+                        elif kind == 0:
+                            if value is not None:
+                                total += Decimal(value)
+                        else:
+                            rows.append((status, symbol, qty, filled, avg, value))
             with decimal.localcontext(_EXACT):
                 for status, symbol, qty, filled, avg, value in rows:
                     total += _value(status, symbol, Decimal(qty), Decimal(filled),
@@ -320,13 +332,14 @@ class History:
 
         def find(session: Session) -> OrderView | None:
             statement = _statement(kind, session.connection().dialect.name, shape)
-            row: Order
-            for row in session.scalars(statement, params):
+            for row_id, client_order_id, qty, requested, price in session.execute(
+                    statement, params):
                 if order.client_order_id is not None and (
-                        row.client_order_id == order.client_order_id):
+                        client_order_id == order.client_order_id):
                     continue
-                if order.amount in (row.qty, row.requested_qty) and row.price == order.price:
-                    return row.view()
+                if order.amount in (qty, requested) and price == order.price:
+                    found = session.get(Order, row_id)  # the whole row: only when refused
+                    return None if found is None else found.view()
             return None
 
         return await self.run(find)
@@ -364,45 +377,59 @@ def _statement(kind: str, dialect: str, shape: _Shape) -> Any:
     if dialect == "sqlite":  # its LIKE ignores case; PostgreSQL's does not
         base_is = func.instr(Order.symbol, bindparam("prefix")) == 1
     if kind == "open":
-        return select(func.count()).select_from(Order).where(*where, Order.status.in_(_LIVE))
+        return select(func.count()).select_from(Order).where(*where, _is_live())
     if kind == "since":
         return select(func.count()).select_from(Order).where(*where, since, not_rejected)
-    if kind == "notional":
+    if kind in ("notional", "notional_rest"):
+        # Each row's kind, decided once per row: 0 unfilled (its live remainder's notional),
+        # 1 filled at a USD price (filled * avg_price), 2 anything else (decided in Python
+        # by _value: rare).
         where += [since, not_rejected]
+        is_live = _is_live()
+        unfilled = Order.filled_qty == Decimal(0)
+        row_kind = case((unfilled, 0), (and_(not_(is_live), Order.avg_price.is_not(None),
+                                             _usd_sql(dialect)), 1), else_=2)
         if dialect != "postgresql":
-            return select(Order.status, Order.symbol, *_RAW_MONEY).where(*where)
-        simple = or_(Order.filled_qty == Decimal(0), and_(
-            Order.status.not_in(_LIVE), Order.avg_price.is_not(None), _usd_sql()))
-        value = case(
-            (Order.filled_qty == Decimal(0), case(
-                (Order.status.in_(_LIVE), func.coalesce(Order.notional_usd, 0)), else_=0)),
-            else_=Order.filled_qty * Order.avg_price)
-        return select(
-            func.coalesce(func.sum(value).filter(simple), 0),
-            *(func.array_agg(column).filter(not_(simple))
-              for column in (Order.status, Order.symbol, *_RAW_MONEY)),
-        ).where(*where)
+            # Unfilled rows that are no longer live count nothing: not even fetched.
+            return select(row_kind, Order.status, Order.symbol, *_RAW_MONEY).where(
+                *where, not_(and_(unfilled, not_(is_live))))
+        if kind == "notional_rest":
+            return select(Order.status, Order.symbol, *_RAW_MONEY).where(*where, row_kind == 2)
+        value = case((unfilled, case((is_live, func.coalesce(Order.notional_usd, 0)), else_=0)),
+                     (row_kind == 1, Order.filled_qty * Order.avg_price), else_=None)
+        rows = select(row_kind.label("kind"), value.label("value")).where(*where).subquery()
+        # Aggregating the rare rest as arrays would cost more than the sum itself: it is
+        # counted, and fetched by a second statement only when there is one.
+        return select(func.coalesce(func.sum(rows.c.value), 0),
+                      func.count().filter(rows.c.kind == 2))
     if kind == "position":
         return _position_statement(shape)
     if kind == "exposure":  # the position's row(s), then the live rows: one round trip
         live = select(literal(2).label("part"), _raw(Order.qty), _raw(Order.filled_qty)).where(
-            *where, Order.status.in_(_LIVE), Order.side == bindparam("side"), base_is)
+            *where, _is_live(), Order.side == bindparam("side"), base_is)
         held = _position_statement(shape).with_only_columns(
             literal(1).label("part"), _raw(Position.quantity), type_coerce(null(), String()))
         return union_all(held, live)
     if kind == "live":
         return select(_raw(Order.qty), _raw(Order.filled_qty)).where(
-            *where, Order.status.in_(_LIVE), Order.side == bindparam("side"), base_is)
+            *where, _is_live(), Order.side == bindparam("side"), base_is)
     if kind in ("duplicate", "duplicate_market"):
         # Equal decimals are equal text on SQLite: bagbot stores the canonical form.
         price = (Order.price == bindparam("price") if kind == "duplicate"
                  else Order.price.is_(None))
-        return select(Order).where(
+        return select(Order.id, Order.client_order_id, Order.qty, Order.requested_qty,
+                      Order.price).where(
             *where, since, not_rejected, Order.side == bindparam("side"),
             Order.order_type == bindparam("order_type"), price,
             or_(Order.qty == bindparam("amount"), Order.requested_qty == bindparam("amount")),
         ).order_by(Order.created_at.desc(), Order.id.desc())
     raise ValueError(kind)
+
+
+def _is_live() -> ColumnElement[bool]:
+    """``status IN (live statuses)`` with one bound parameter each: an expanding ``IN``
+    would be re-rendered on every execution."""
+    return Order.status.in_([literal(status) for status in sorted(_LIVE)])
 
 
 def _position_statement(shape: _Shape) -> Any:
@@ -428,13 +455,14 @@ def _decimal(value: Any) -> Any:
     return None if value is None else Decimal(value)
 
 
-def _usd_sql() -> ColumnElement[bool]:
-    """:func:`_usd_quoted` in SQL (PostgreSQL)."""
+def _usd_sql(dialect: str) -> ColumnElement[bool]:
+    """:func:`_usd_quoted` in SQL."""
     from bagbot_core.risk import USD_QUOTES
 
-    slash = func.strpos(Order.symbol, "/")
+    find = func.strpos if dialect == "postgresql" else func.instr
+    slash = find(Order.symbol, literal("/"))
     return and_(slash > 0, func.upper(func.substr(Order.symbol, slash + 1)).in_(
-        sorted(USD_QUOTES)))
+        [literal(quote) for quote in sorted(USD_QUOTES)]))
 
 
 def _unfilled(rows: Iterable[Any]) -> Decimal:
