@@ -393,7 +393,8 @@ async def trading_state(ctx: RiskContext) -> RiskViolation | None:
     if history is None:
         return RiskViolation(CHECK_NAME, "no database view in the risk context: the trading "
                              "state cannot be read")
-    states: Sequence[ScopeState] = await history.run(read_states, ctx.user_id, ctx.connector)
+    states: Sequence[ScopeState] = [ScopeState.from_row(row) for row in
+                                    await history.trading_state_rows(ctx.connector)]
     effective = most_restrictive(states)
     source = effective.source
     if source is None:
@@ -424,8 +425,15 @@ def reducible(position: Decimal, live_same_side: Decimal, side: Side) -> Decimal
     return (position if side == Side.SELL else -position) - live_same_side
 
 
+def _prefetch(ctx: RiskContext) -> None:
+    """The scopes' rows, fetched with the order's other queries (see ``RiskCheck.prefetch``)."""
+    if ctx.history is not None:
+        ctx.history.expect("trading_state_rows", ctx.connector)
+
+
 TRADING_STATE_CHECK = RiskCheck(
     CHECK_NAME, trading_state,
     "trading state (bagbot halt|reduce|resume) of the global, connector and user scope: "
     "halted refuses every order, reducing all but position-reducing ones",
+    prefetch=_prefetch,
 )
