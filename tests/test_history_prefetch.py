@@ -187,3 +187,34 @@ async def test_every_control_costs_no_round_trip_beyond_the_trading_state(
         finally:
             await router.aclose()
     assert counts[3] == counts[1]  # the first order of all also set up the connection
+
+
+async def test_announced_queries_on_an_async_session(db_url: str) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from bagbot_core.db import get_async_engine, get_engine
+    from tests.test_history import row
+
+    with Session(get_engine(db_url)) as db:
+        insert(db, [row(), row(status="filled", filled_qty=Decimal("0.5"),
+                               avg_price=Decimal("100"))])
+        db.execute(delete(TradingStateRow))
+        db.add(TradingStateRow(user_id="u", connector="", state="reducing", reason="test",
+                               who="ops", changed_at=NOW))
+        db.commit()
+    engine = get_async_engine(db_url)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            history = History(session, "u", "c1", True, now=NOW)
+            history.expect("open_orders")
+            history.expect("notional_since", SINCE)
+            history.expect("exposure", "BTC", Side.BUY)
+            history.expect("trading_state_rows", "c1")
+            (state,) = await history.trading_state_rows("c1")
+            assert (state.user_id, state.connector, state.state) == ("u", "", "reducing")
+            assert state.changed_at == NOW
+            assert await history.open_orders() == 1
+            assert await history.notional_since(SINCE) == Decimal(100)
+            assert await history.exposure("BTC", Side.BUY) == (Decimal("0.5"), Decimal("0.5"))
+    finally:
+        await engine.dispose()
