@@ -150,8 +150,20 @@ def _redact_value(key: str | None, value: Any, depth: int = 0) -> Any:
 
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """structlog processor: mask credentials anywhere in the event."""
-    for key in list(event_dict):
-        event_dict[key] = _redact_value(key, event_dict[key])
+    for key, value in event_dict.items():  # values replaced in place: no key is added
+        kind = type(value)
+        if kind is str:  # the common case, inlined: a known key, an already-seen value
+            sensitive = _key_is_sensitive.get(key)
+            if sensitive is None:
+                sensitive = is_sensitive_key(key)
+            if sensitive:
+                if value:
+                    event_dict[key] = REDACTED
+            else:
+                cached = _redacted_cache.get(value)
+                event_dict[key] = cached if cached is not None else redact_text(value)
+        elif (kind is not bool and value is not None) or is_sensitive_key(key):
+            event_dict[key] = _redact_value(key, value)
     return event_dict
 
 

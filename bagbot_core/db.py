@@ -32,6 +32,10 @@ DEFAULT_BUSY_TIMEOUT_MS = 30_000
 
 #: Set while a transaction that may skip its disk flush begins (see store.commit).
 RELAXED_SYNC: ContextVar[bool] = ContextVar("bagbot_relaxed_sync", default=False)
+#: ``Connection.info`` key, true on a SQLite connection of a bagbot engine: its every
+#: transaction begins ``IMMEDIATE``, holding the write lock (see user_lock).
+BEGINS_IMMEDIATE = "bagbot_begins_immediate"
+_SYNC_LEVEL = "bagbot_synchronous"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -82,7 +86,7 @@ def _configure_sqlite(engine: Engine) -> None:
     busy_ms = _busy_timeout_ms()
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would defer it).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
@@ -91,13 +95,19 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+        record.info[_SYNC_LEVEL] = "FULL"
+        record.info[BEGINS_IMMEDIATE] = True
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Full durability unless this transaction asked otherwise (store.commit); SQLite
-        # only lets the level change between transactions.
+        # only lets the level change between transactions, and keeps it per connection:
+        # the PRAGMA is sent only when the level changes.
         level = "NORMAL" if RELAXED_SYNC.get() else "FULL"
-        conn.exec_driver_sql(f"PRAGMA synchronous = {level}")
+        info = conn.info
+        if info.get(_SYNC_LEVEL) != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous = {level}")
+            info[_SYNC_LEVEL] = level
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

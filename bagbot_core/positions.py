@@ -10,8 +10,10 @@ row, on the flush's own connection: the aggregate commits, or rolls back, with t
 Exact on both backends: PostgreSQL adds NUMERIC values in one atomic upsert; SQLite keeps
 decimals as text, so the sum is done in Python, read-modify-write, while the transaction
 holds the database's write lock (the ``orders`` write just before it took the lock; bagbot's
-SQLite transactions begin ``IMMEDIATE``). Rows written behind the ORM (bulk ``insert`` or
-``delete`` statements) are not seen: call :func:`rebuild` after such a write.
+SQLite transactions begin ``IMMEDIATE``). :mod:`bagbot_core.store` writes its rows with Core
+statements and calls :func:`row_inserted` / :func:`row_changed` itself; other rows written
+behind the ORM (bulk ``insert`` or ``delete`` statements) are not seen: call :func:`rebuild`
+after such a write.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, insert, inspect, select, update
+from sqlalchemy import Connection, bindparam, delete, event, insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bagbot_core.models import Order, Position
@@ -61,22 +63,35 @@ def _key(user_id: str, testnet: bool, symbol: str, connector: str) -> Key | None
 def _add(connection: Connection, key: Key, delta: Decimal) -> None:
     """Add ``delta`` to the position at ``key``, in ``connection``'s transaction."""
     user_id, testnet, asset, connector = key
-    where = {"user_id": user_id, "testnet": testnet, "asset": asset, "connector": connector}
+    row = {"user_id": user_id, "testnet": testnet, "asset": asset, "connector": connector,
+           "quantity": delta}
     if connection.dialect.name == "postgresql":
-        upsert = pg_insert(Position).values(**where, quantity=delta)
-        connection.execute(upsert.on_conflict_do_update(
-            index_elements=["user_id", "testnet", "asset", "connector"],
-            set_={"quantity": Position.quantity + upsert.excluded.quantity}))
+        connection.execute(_PG_UPSERT, row)
         return
     # No arithmetic in SQL here: SQLite would add the decimal texts as floats.
-    condition = [getattr(Position, name) == value for name, value in where.items()]
-    current = connection.scalar(select(Position.quantity).where(*condition))
+    where = {"k_user_id": user_id, "k_testnet": testnet, "k_asset": asset,
+             "k_connector": connector}
+    current = connection.scalar(_READ, where)
     if current is None:
-        connection.execute(insert(Position).values(**where, quantity=delta))
+        connection.execute(_INSERT, row)
     else:
         with decimal.localcontext(_EXACT):
             total = current + delta
-        connection.execute(update(Position).where(*condition).values(quantity=normalize(total)))
+        connection.execute(_UPDATE, {**where, "quantity": normalize(total)})
+
+
+# Built once, with bound parameters: building the expressions per fill costs more than
+# running them.
+_WHERE = (Position.user_id == bindparam("k_user_id"),
+          Position.testnet == bindparam("k_testnet"),
+          Position.asset == bindparam("k_asset"),
+          Position.connector == bindparam("k_connector"))
+_READ = select(Position.quantity).where(*_WHERE)
+_INSERT = insert(Position)
+_UPDATE = update(Position).where(*_WHERE)
+_PG_UPSERT = pg_insert(Position).on_conflict_do_update(
+    index_elements=["user_id", "testnet", "asset", "connector"],
+    set_={"quantity": Position.quantity + pg_insert(Position).excluded.quantity})
 
 
 def _old(state: Any, name: str) -> Any:
@@ -88,6 +103,22 @@ def _old(state: Any, name: str) -> Any:
     if history.unchanged:
         return history.unchanged[0]
     return getattr(state.obj(), name)
+
+
+def row_inserted(connection: Connection, values: dict[str, Any]) -> None:
+    """What a row inserted behind the ORM (:func:`bagbot_core.store.insert_order`) adds."""
+    delta = signed_fill(values["status"], values["side"], values["filled_qty"])
+    key = _key(values["user_id"], values["testnet"], values["symbol"], values["connector"])
+    if delta and key is not None:
+        _add(connection, key, delta)
+
+
+def row_changed(connection: Connection, order: Order, delta: Decimal) -> None:
+    """``order``'s fill changed by ``delta`` (signed) in an update behind the ORM
+    (:func:`bagbot_core.store.apply_exchange_state`); its key columns did not change."""
+    key = _key(order.user_id, order.testnet, order.symbol, order.connector)
+    if delta and key is not None:
+        _add(connection, key, delta)
 
 
 @event.listens_for(Order, "after_insert", propagate=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,13 @@ _MICROSECOND = Decimal("0.000001")
 def now() -> dt.datetime:
     """The controls' clock (UTC); the same clock stamps ``created_at`` on every row."""
     return dt.datetime.now(dt.UTC)
+
+
+def _clock(ctx: RiskContext) -> dt.datetime:
+    """The routing transaction's instant when the router set one (every control of the
+    order then measures from the same instant), else :func:`now`."""
+    at = None if ctx.history is None else ctx.history.now
+    return now() if at is None else at
 
 
 def _limit(ctx: RiskContext, name: str) -> Limit | None:
@@ -109,7 +118,7 @@ async def duplicate_order(ctx: RiskContext) -> RiskViolation | None:
     window: Decimal = limit.value
     if ctx.history is None:
         return _no_history("duplicate_order", fmt(window))
-    at = now()
+    at = _clock(ctx)
     duplicate = await ctx.history.find_duplicate(at - _delta(window), ctx.order)
     if duplicate is None:
         return None
@@ -134,7 +143,7 @@ async def order_rate(ctx: RiskContext) -> RiskViolation | None:
     if ctx.history is None:
         return _no_history("order_rate", str(most))
     placed = await ctx.history.orders_since(
-        now() - _delta(window), connector=ctx.connector if per_connector else None)
+        _clock(ctx) - _delta(window), connector=ctx.connector if per_connector else None)
     if placed + 1 <= most:
         return None
     where = f" on {ctx.connector}" if per_connector else ""
@@ -190,7 +199,7 @@ async def daily_notional(ctx: RiskContext) -> RiskViolation | None:
     if ctx.history is None:
         return _no_history("daily_notional", fmt(most))
     window = str(_setting(ctx, "daily_notional_window") or "utc_day")
-    used = await ctx.history.notional_since(day_start(now(), window))
+    used = await ctx.history.notional_since(day_start(_clock(ctx), window))
     with decimal.localcontext(_EXACT):
         total = used + value
     if total <= most:
@@ -230,17 +239,57 @@ async def max_position(ctx: RiskContext) -> RiskViolation | None:
         f"most {fmt(most)}", limit=fmt(most), actual=fmt(projected))
 
 
+def _prefetch(ctx: RiskContext, control: str) -> None:
+    """Announce what ``control`` will read for this order (see ``RiskCheck.prefetch``), with
+    the arguments it will pass: nothing when it is off or will not read."""
+    history = ctx.history
+    if history is None or history.now is None:  # no shared instant: nothing to plan
+        return
+    at = history.now
+    order = ctx.order
+    if control == "duplicate_order":
+        limit = _on(ctx, "duplicate_window_seconds")
+        if limit is not None:
+            history.expect("find_duplicate", at - _delta(limit.value), order)
+    elif control == "order_rate":
+        if _on(ctx, "order_rate") is not None:
+            window = Decimal(str(_setting(ctx, "order_rate_window_seconds")))
+            per_connector = _setting(ctx, "order_rate_per_connector") is True
+            history.expect("orders_since", at - _delta(window),
+                           connector=ctx.connector if per_connector else None)
+    elif control == "max_open_orders":
+        if _on(ctx, "max_open_orders") is not None:
+            per_symbol = _setting(ctx, "max_open_orders_per_symbol") is True
+            history.expect("open_orders", symbol=order.symbol if per_symbol else None)
+    elif control == "daily_notional":
+        if _on(ctx, "daily_notional_usd") is not None and ctx.notional_usd is not None:
+            day = str(_setting(ctx, "daily_notional_window") or "utc_day")
+            history.expect("notional_since", day_start(at, day))
+    elif control == "max_position" and (
+            _on(ctx, f"max_position.{order.base.upper()}") is not None):
+        history.expect("exposure", order.base.upper(), order.side)
+
+
+def _prefetcher(control: str) -> Callable[[RiskContext], None]:
+    return functools.partial(_prefetch, control=control)
+
+
 CONTROLS = (
     RiskCheck("price_collar", price_collar,
               "limit price at most price_collar_pct through the quote (off by default)"),
     RiskCheck("duplicate_order", duplicate_order,
-              "no identical order within duplicate_window_seconds (off by default)"),
+              "no identical order within duplicate_window_seconds (off by default)",
+              prefetch=_prefetcher("duplicate_order")),
     RiskCheck("order_rate", order_rate,
-              "at most order_rate orders per window (off by default)"),
+              "at most order_rate orders per window (off by default)",
+              prefetch=_prefetcher("order_rate")),
     RiskCheck("max_open_orders", max_open_orders,
-              "at most max_open_orders live orders (off by default)"),
+              "at most max_open_orders live orders (off by default)",
+              prefetch=_prefetcher("max_open_orders")),
     RiskCheck("daily_notional", daily_notional,
-              "USD notional per day <= daily_notional_usd (off by default)"),
+              "USD notional per day <= daily_notional_usd (off by default)",
+              prefetch=_prefetcher("daily_notional")),
     RiskCheck("max_position", max_position,
-              "net position per asset <= max_position.<ASSET> (off by default)"),
+              "net position per asset <= max_position.<ASSET> (off by default)",
+              prefetch=_prefetcher("max_position")),
 )

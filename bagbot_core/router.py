@@ -557,7 +557,9 @@ class Router:
                 await runner.run(lock_user, inputs.user_id)
             except Exception as error:
                 raise _DatabaseFailed(error) from error
-            history = History(runner.db, inputs.user_id, inputs.connector_name, inputs.testnet)
+            # One instant for every check of the order, taken once the lock is held.
+            history = History(runner.db, inputs.user_id, inputs.connector_name, inputs.testnet,
+                              now=utcnow())
             try:
                 prepared, notional = await self._check(connector, log, inputs, history)
             except Exception:
@@ -836,7 +838,7 @@ class Router:
         inputs = await self._prepare(connector, log, connector_name, user_id, where, request)
         try:
             await runner.run(lock_user, user_id)
-            history = History(runner.db, user_id, connector_name, where)
+            history = History(runner.db, user_id, connector_name, where, now=utcnow())
             try:
                 await self._check(connector, log, inputs, history)
                 violations: list[RiskViolation] = []

@@ -11,12 +11,14 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
+from bagbot_core import positions
 from bagbot_core.db import RELAXED_SYNC
 from bagbot_core.errors import OrderNotFoundError
 from bagbot_core.exchange_state import (
@@ -91,19 +93,51 @@ def storable_value(value: Any) -> Any:
 def insert_order(session: Session, **fields: Any) -> Order:
     """Insert and commit one row; every text field is made :func:`storable` first.
 
+    One Core ``INSERT`` (no unit-of-work flush: the row is new and alone); the returned
+    :class:`Order` is attached to ``session`` as the persistent row it is.
+
     :raises ClientOrderIdTaken: when ``client_order_id`` already exists (nothing written).
     """
     fields = {k: storable_value(v) for k, v in fields.items()}
-    order = Order(**fields)
-    session.add(order)
+    order = Order(**fields)  # refuses an unknown field, as before
+    now = utcnow()
+    values = {**_INSERT_DEFAULTS, "created_at": now, "updated_at": now, **fields}
+    if values["status"] is None:
+        values["status"] = OrderStatus.PENDING.value
     try:
+        connection = session.connection()
+        result = connection.execute(_INSERT_ORDER, values)
+        key = result.inserted_primary_key
+        assert key is not None
+        values["id"] = key[0]
+        positions.row_inserted(connection, values)
+        for key, value in values.items():
+            set_committed_value(order, key, value)
+        make_transient_to_detached(order)
+        session.add(order)  # persistent: in the identity map, nothing to flush
         session.commit()
     except IntegrityError as exc:
+        if order in session:
+            session.expunge(order)
         session.rollback()
         if get_by_client_order_id(session, fields["client_order_id"]) is not None:
             raise ClientOrderIdTaken(fields["client_order_id"]) from exc
         raise
+    except BaseException:
+        if order in session:  # no row: the object must not stay in the identity map
+            session.expunge(order)
+        if session.in_transaction():
+            session.rollback()
+        raise
     return order
+
+
+#: Every column but the key, as the ORM's defaults would fill it.
+_ORDERS = cast(Table, Order.__table__)
+_INSERT_DEFAULTS: dict[str, Any] = {
+    column.key: None for column in _ORDERS.columns if column.key != "id"}
+_INSERT_DEFAULTS.update(testnet=True, filled_qty=Decimal(0))
+_INSERT_ORDER = insert(_ORDERS)
 
 
 def get_order(session: Session, order_id: int) -> Order:
@@ -212,27 +246,67 @@ def apply_exchange_state(
     :return: the decision.
     """
     decision = merge_answer(_row_state(order), state, market_buy_tolerance=market_buy_tolerance)
+    changes: dict[str, Any] = {}
     if isinstance(decision, Apply):
-        order.status = check_transition(order.status, decision.status).value
+        changes["status"] = check_transition(order.status, decision.status).value
         if decision.external_id and not order.external_id:
-            order.external_id = storable(decision.external_id[:128])
-        order.filled_qty = decision.filled_qty
-        order.avg_price = decision.avg_price
+            changes["external_id"] = storable(decision.external_id[:128])
+        changes["filled_qty"] = decision.filled_qty
+        changes["avg_price"] = decision.avg_price
         if decision.raw_status is not None:
-            order.exchange_status = storable(decision.raw_status[:32])
+            changes["exchange_status"] = storable(decision.raw_status[:32])
         if decision.reason:
-            order.reason = storable(decision.reason)
-        order.updated_at = utcnow()
+            changes["reason"] = storable(decision.reason)
     elif isinstance(decision, Inconsistent) and order.status == OrderStatus.PENDING.value:
-        order.status = OrderStatus.UNKNOWN.value
-        order.reason = storable(
+        changes["status"] = OrderStatus.UNKNOWN.value
+        changes["reason"] = storable(
             f"the exchange's answer does not add up ({decision.reason}); the order may be on "
             "the exchange, reconcile will ask again")
-        order.details = {**(order.details or {}),
-                         "inconsistent_answer": _storable_answer(state)}
-        order.updated_at = utcnow()
-    commit(session, durable=durable)
+        changes["details"] = {**(order.details or {}),
+                              "inconsistent_answer": _storable_answer(state)}
+    if changes:
+        changes["updated_at"] = utcnow()
+    _update_row(session, order, changes, durable=durable)
     return decision
+
+
+def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
+                durable: bool) -> None:
+    """Write ``changes`` to ``order``'s row and commit (see :func:`commit`).
+
+    One Core ``UPDATE`` by primary key, and the position's change with it, when the session
+    holds nothing else to flush; the unit of work otherwise. The object takes the new values
+    once they are committed.
+    """
+    if (not changes or order not in session or session.new or session.deleted
+            or session.dirty):
+        for key, value in changes.items():
+            setattr(order, key, value)
+        commit(session, durable=durable)
+        return
+    before = positions.signed_fill(order.status, order.side, order.filled_qty)
+    token = None if durable else RELAXED_SYNC.set(True)
+    try:
+        connection = session.connection()  # begins the transaction, relaxed if asked
+        if not durable and connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        connection.execute(_UPDATE_ORDER, {"order_id": order.id, **changes})
+        after = positions.signed_fill(changes.get("status", order.status), order.side,
+                                      changes.get("filled_qty", order.filled_qty))
+        positions.row_changed(connection, order, after - before)
+        session.commit()
+    except BaseException:
+        if session.in_transaction():
+            session.rollback()
+        raise
+    finally:
+        if token is not None:
+            RELAXED_SYNC.reset(token)
+    for key, value in changes.items():
+        set_committed_value(order, key, value)
+
+
+_UPDATE_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("order_id"))
 
 
 def _storable_answer(state: ExchangeOrder) -> dict[str, str | None]:

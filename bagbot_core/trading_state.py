@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -228,14 +229,21 @@ def read_states(session: Session, user_id: str, connector: str) -> list[ScopeSta
 
     Neither commits nor writes: the router runs it on its routing transaction.
     """
-    from sqlalchemy import select
+    rows = session.execute(_read_statement(), {"any_user": _ANY, "user_id": user_id,
+                                               "any_connector": _ANY, "connector": connector})
+    return [ScopeState.from_row(row) for row in rows]
+
+
+@functools.cache
+def _read_statement() -> Any:
+    """:func:`read_states`'s query, built once (with bound parameters, no expanding IN)."""
+    from sqlalchemy import bindparam, select
 
     from bagbot_core.models import TradingStateRow
 
-    rows = session.execute(select(*_columns(TradingStateRow)).where(
-        TradingStateRow.user_id.in_((_ANY, user_id)),
-        TradingStateRow.connector.in_((_ANY, connector))))
-    return [ScopeState.from_row(row) for row in rows]
+    return select(*_columns(TradingStateRow)).where(
+        TradingStateRow.user_id.in_([bindparam("any_user"), bindparam("user_id")]),
+        TradingStateRow.connector.in_([bindparam("any_connector"), bindparam("connector")]))
 
 
 def _columns(table: type[TradingStateRow]) -> tuple[Any, ...]:
@@ -385,7 +393,8 @@ async def trading_state(ctx: RiskContext) -> RiskViolation | None:
     if history is None:
         return RiskViolation(CHECK_NAME, "no database view in the risk context: the trading "
                              "state cannot be read")
-    states: Sequence[ScopeState] = await history.run(read_states, ctx.user_id, ctx.connector)
+    states: Sequence[ScopeState] = [ScopeState.from_row(row) for row in
+                                    await history.trading_state_rows(ctx.connector)]
     effective = most_restrictive(states)
     source = effective.source
     if source is None:
@@ -416,8 +425,15 @@ def reducible(position: Decimal, live_same_side: Decimal, side: Side) -> Decimal
     return (position if side == Side.SELL else -position) - live_same_side
 
 
+def _prefetch(ctx: RiskContext) -> None:
+    """The scopes' rows, fetched with the order's other queries (see ``RiskCheck.prefetch``)."""
+    if ctx.history is not None:
+        ctx.history.expect("trading_state_rows", ctx.connector)
+
+
 TRADING_STATE_CHECK = RiskCheck(
     CHECK_NAME, trading_state,
     "trading state (bagbot halt|reduce|resume) of the global, connector and user scope: "
     "halted refuses every order, reducing all but position-reducing ones",
+    prefetch=_prefetch,
 )

@@ -18,7 +18,8 @@ dead process's connection being closed).
   ``BEGIN IMMEDIATE`` (:mod:`bagbot_core.db`). For an engine set up elsewhere, whose
   transaction would begin deferred and could read a snapshot older than the lock, a no-op
   ``UPDATE`` is the transaction's first statement: it takes the write lock before anything
-  is read. SQLite has one writer at a time anyway, so every user shares it.
+  is read (a bagbot engine's transaction already holds it: no statement is needed). SQLite
+  has one writer at a time anyway, so every user shares it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import hashlib
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from bagbot_core.db import BEGINS_IMMEDIATE
 
 _PERSON = b"bagbot-user"
 
@@ -53,5 +56,5 @@ def lock_user(session: Session, user_id: str) -> None:
     if dialect == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                            {"key": user_lock_key(user_id)})
-    elif dialect == "sqlite":
+    elif dialect == "sqlite" and not connection.info.get(BEGINS_IMMEDIATE):
         connection.exec_driver_sql("UPDATE orders SET id = id WHERE 0")

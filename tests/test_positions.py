@@ -124,13 +124,17 @@ def test_a_crash_before_commit_leaves_fill_and_position_unchanged(db_url: str) -
     assert aggregate(db) == {("u", True, "BTC", "c1"): Decimal(1)}
     db.commit()
 
-    def crash(*_: Any) -> None:
-        raise RuntimeError("the process died before COMMIT")
+    engine = get_engine(db_url)
 
-    event.listen(db, "after_flush", crash)  # the UPDATEs ran; then nothing is committed
+    def crash(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "positions" in statement and not statement.lstrip().startswith("SELECT"):
+            raise RuntimeError("the process died before COMMIT")
+
+    # The order's UPDATE and the position's write ran; then nothing is committed.
+    event.listen(engine, "after_cursor_execute", crash)
     with pytest.raises(RuntimeError, match="died"):
         store.apply_exchange_state(db, order, answer_for(order, OrderStatus.FILLED, Decimal(1)))
-    event.remove(db, "after_flush", crash)
+    event.remove(engine, "after_cursor_execute", crash)
     db.rollback()
     db.close()
     with session_factory(get_engine(db_url))() as fresh:

@@ -30,6 +30,7 @@ from bagbot_core.risk_config import RiskConfig
 from bagbot_core.risk_controls import CONTROLS
 from bagbot_core.router import Router
 from bagbot_core.status import OrderStatus
+from bagbot_core.trading_state import TRADING_STATE_CHECK
 from tests.scripted import ScriptedExchange
 
 MARKETS = {s: Market(s, s.split("/")[0], s.split("/")[1])
@@ -82,18 +83,30 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
 def check(session: Session, name: str, order: OrderRequest, rows: list[Order], *,
           cfg: RiskConfig, quote: Quote | None = None, user_id: str = "u",
           connector: str = "paper", now: dt.datetime = NOW) -> RiskViolation | None:
-    """Run control ``name`` on ``order`` with ``rows`` in the database at time ``now``."""
+    """Run control ``name`` on ``order`` with ``rows`` in the database at time ``now``.
+
+    Twice: on a view without an instant of its own (the control reads its clock, one query
+    per call), and as the router runs it (the view carries the instant; the trading-state
+    check's query and the control's are fetched together, in one statement): same answer.
+    """
     session.add_all(rows)
     session.flush()
-    ctx = RiskContext(order=order, connector=connector, user_id=user_id, limits=RiskLimits(),
-                      markets=MARKETS, quote=quote, testnet=True,
-                      history=History(session, user_id, connector, True), config=cfg)
+
+    def run(history: History, checks: list[RiskCheck]) -> list[RiskViolation]:
+        ctx = RiskContext(order=order, connector=connector, user_id=user_id,
+                          limits=RiskLimits(), markets=MARKETS, quote=quote, testnet=True,
+                          history=history, config=cfg)
+        return asyncio.run(run_checks(checks, ctx))
+
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(risk_controls, "now", lambda: now)
-            violations = asyncio.run(run_checks([CHECK[name]], ctx))
+            violations = run(History(session, user_id, connector, True), [CHECK[name]])
+        prefetched = run(History(session, user_id, connector, True, now=now),
+                         [TRADING_STATE_CHECK, CHECK[name]])
     finally:
         session.rollback()
+    assert prefetched == violations
     assert len(violations) <= 1 and all(v.check == name for v in violations), violations
     return violations[0] if violations else None
 

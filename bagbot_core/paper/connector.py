@@ -84,7 +84,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bagbot_core.connector import Capabilities, Connector, ConnectorSettings
 from bagbot_core.connector_config import ConfigKey, declare_config
-from bagbot_core.db import database_url, get_engine, parse_url
+from bagbot_core.db import RELAXED_SYNC, database_url, get_engine, parse_url
 from bagbot_core.errors import (
     ConfigurationError,
     ExchangeOrderNotFoundError,
@@ -104,6 +104,7 @@ from bagbot_core.orders import ExchangeOrder, Market, OrderRequest, OrderType, Q
 from bagbot_core.paper.models import PaperBalanceRow, PaperOrderRow
 from bagbot_core.params import params_to_send
 from bagbot_core.status import OrderStatus
+from bagbot_core.store import commit
 
 T = TypeVar("T")
 
@@ -399,8 +400,16 @@ class PaperConnector(Connector):
             self._engine = get_engine(database_url(self._database_url))
         return self._engine
 
-    def _run(self, work: Callable[[Session], T], *, pass_integrity_errors: bool = False) -> T:
+    def _run(self, work: Callable[[Session], T], *, pass_integrity_errors: bool = False,
+             durable: bool = True) -> T:
         """Run ``work`` in one transaction: all of it commits, or none of it.
+
+        ``durable=False`` (see :func:`bagbot_core.store.commit`): the commit does not wait
+        for the disk. For a new order: the router's ``pending`` row, committed durably before
+        the order was sent, comes first in the database's log, and the answer the router
+        records after it comes later; a power loss keeps a prefix of that log, so it may
+        lose the paper order and that answer together (reconcile then finds no order: the
+        row is refused, as for an exchange that never got it), never the answer alone.
 
         :raises ExchangeUnavailableError: the database failed (locked past the busy timeout,
             connection lost); nothing of ``work`` is committed.
@@ -408,15 +417,27 @@ class PaperConnector(Connector):
         try:
             if self._session_factory is None:
                 self._session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
-            with self._session_factory() as session, session.begin():
-                return work(session)
+            with self._session_factory() as session:
+                if durable:
+                    with session.begin():
+                        return work(session)
+                token = RELAXED_SYNC.set(True)  # SQLite: set as the transaction begins
+                try:
+                    result = work(session)
+                    commit(session, durable=False)
+                except BaseException:
+                    session.rollback()
+                    raise
+                finally:
+                    RELAXED_SYNC.reset(token)
+                return result
         except SQLAlchemyError as exc:
             if pass_integrity_errors and isinstance(exc, IntegrityError):
                 raise
             raise ExchangeUnavailableError(f"paper exchange database error: {exc}") from exc
 
     async def _call(self, work: Callable[[Session], T], *,
-                    pass_integrity_errors: bool = False) -> T:
+                    pass_integrity_errors: bool = False, durable: bool = True) -> T:
         """:meth:`_run` in a worker thread, off the event loop.
 
         In an async process (``bagbot serve``) another task's ``AsyncSession`` may hold
@@ -427,9 +448,11 @@ class PaperConnector(Connector):
         url = (self._engine.url if self._engine is not None
                else parse_url(database_url(self._database_url)))  # no engine yet: _run's job
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-            return self._run(work, pass_integrity_errors=pass_integrity_errors)
+            return self._run(work, pass_integrity_errors=pass_integrity_errors,
+                             durable=durable)
         return await asyncio.to_thread(self._run, work,
-                                       pass_integrity_errors=pass_integrity_errors)
+                                       pass_integrity_errors=pass_integrity_errors,
+                                       durable=durable)
 
     # -- markets and prices --------------------------------------------------------------
 
@@ -518,13 +541,15 @@ class PaperConnector(Connector):
     def _lock_balances(self, session: Session, assets: Iterable[str]) -> dict[str, PaperBalanceRow]:
         """The account's balance rows for ``assets``, locked for update (in asset order)."""
         wanted = sorted(set(assets))
-        self._ensure_balances(session, wanted)
-        rows = session.scalars(
-            select(PaperBalanceRow)
-            .where(PaperBalanceRow.account == self.account, PaperBalanceRow.asset.in_(wanted))
-            .order_by(PaperBalanceRow.asset)
-            .with_for_update()
-        ).all()
+        query = (select(PaperBalanceRow)
+                 .where(PaperBalanceRow.account == self.account,
+                        PaperBalanceRow.asset.in_(wanted))
+                 .order_by(PaperBalanceRow.asset)
+                 .with_for_update())
+        rows = session.scalars(query).all()
+        if len(rows) < len(wanted):  # first touch of an asset: create it, read again
+            self._ensure_balances(session, wanted)
+            rows = session.scalars(query).all()
         return {row.asset: row for row in rows}
 
     async def fetch_balances(self) -> dict[str, PaperBalance]:
@@ -767,7 +792,7 @@ class PaperConnector(Connector):
         try:
             return await self._call(
                 lambda session: self._create_in(session, order, client_order_id),
-                pass_integrity_errors=True,
+                pass_integrity_errors=True, durable=False,
             )
         except IntegrityError:
             # A concurrent create with the same client order id committed first.

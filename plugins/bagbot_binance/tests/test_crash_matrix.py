@@ -17,13 +17,13 @@ Three kinds of real processes, none of them the pytest process:
 Kill points (the router is not touched; hooks come from outside it):
 
 ``before_pending``        ``bagbot_before_route`` hook: no row may exist, nothing sent
-``after_pending_commit``  SQLAlchemy ``after_commit`` once the pending row is committed
+``after_pending_commit``  SQLAlchemy ``after_commit`` once the pending row's INSERT ran
 ``in_flight``             the request reached the server, which holds it 5 s *before*
                           placing it: the order lands after the client died
 ``after_send``            the server placed the order and holds the answer: the client dies
                           before reading it
 ``after_answer``          a connector wrapper kills after ``create_order`` returned
-``before_final_commit``   SQLAlchemy ``after_flush`` of the row's new status, before COMMIT
+``before_final_commit``   the ``UPDATE`` of the row's new status ran, before COMMIT
 
 After reconcile: every order on the exchange has exactly one row with the exchange's
 status and fill, no row claims an order the exchange never saw unless it is ``rejected``,
@@ -144,19 +144,34 @@ def _child(point: str, index: int, url: str, server_url: str, user: str) -> None
     from bagbot_core import hookimpl
     from bagbot_core.connector import Connector, ConnectorSettings, ConnectorSpec
     from bagbot_core.db import get_engine, session_factory
-    from bagbot_core.models import Order
     from bagbot_core.orders import ExchangeOrder, OrderRequest
     from bagbot_core.plugins import PluginRegistry
     from bagbot_core.risk import RiskLimits
     from bagbot_core.router import Router
 
-    if point == "after_pending_commit":
-        inserted: list[Order] = []
+    # The row's writes are seen at the database connection, whatever statement writes them.
+    engine = get_engine(url, create_tables=False)  # the parent created the tables
 
-        @event.listens_for(Order, "after_insert")
-        def _inserted(mapper: Any, connection: Any, target: Order) -> None:
-            if target.status == "pending":
-                inserted.append(target)
+    def _row_status(statement: str, parameters: Any, verb: str) -> str | None:
+        """The status an INSERT/UPDATE of ``orders`` writes (``None``: another statement)."""
+        prefix = "INSERT INTO ORDERS " if verb == "INSERT" else "UPDATE ORDERS "
+        if not statement.lstrip().upper().startswith(prefix):
+            return None
+        columns = (statement.split("(", 1)[1].split(")", 1)[0] if verb == "INSERT"
+                   else statement.split(" SET ", 1)[1].split(" WHERE ", 1)[0])
+        names = [c.split("=")[0].strip() for c in columns.split(",")]
+        if isinstance(parameters, dict):
+            return parameters.get("status")
+        return dict(zip(names, parameters, strict=False)).get("status")
+
+    if point == "after_pending_commit":
+        inserted: list[str] = []
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def _inserted(conn: Any, cursor: Any, statement: str, parameters: Any,
+                      context: Any, executemany: bool) -> None:
+            if _row_status(statement, parameters, "INSERT") == "pending":
+                inserted.append(statement)
 
         @event.listens_for(Session, "after_commit")
         def _committed(session: Session) -> None:
@@ -165,9 +180,11 @@ def _child(point: str, index: int, url: str, server_url: str, user: str) -> None
 
     if point == "before_final_commit":
 
-        @event.listens_for(Session, "after_flush")
-        def _flushed(session: Session, context: Any) -> None:
-            if any(isinstance(o, Order) and o.status != "pending" for o in session.dirty):
+        @event.listens_for(engine, "after_cursor_execute")
+        def _updated(conn: Any, cursor: Any, statement: str, parameters: Any,
+                     context: Any, executemany: bool) -> None:
+            status = _row_status(statement, parameters, "UPDATE")
+            if status not in (None, "pending"):
                 _die()  # the UPDATE is in the open transaction; COMMIT never comes
 
     class CrashingConnector(BinanceConnector):
@@ -216,7 +233,6 @@ def _child(point: str, index: int, url: str, server_url: str, user: str) -> None
                    "amount": "0.0002", "price": str(Decimal("40000") + index)}
     else:
         payload = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.0002"}
-    engine = get_engine(url, create_tables=False)  # the parent created them
     with session_factory(engine)() as db:
         asyncio.run(router.route_order("binance", payload, db, user))
     os._exit(0)  # never killed
