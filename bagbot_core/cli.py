@@ -179,7 +179,13 @@ class IsoTimeType(_TimeParam):
                           "2024-05-01T12:30:00Z)", param, ctx)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
-        return parsed.astimezone(dt.UTC)
+        try:
+            return parsed.astimezone(dt.UTC)
+        except OverflowError:
+            # A valid time UTC cannot hold (0001-01-01T00:30+01:00): as a bound, the
+            # calendar's nearest end selects the same orders.
+            end = dt.datetime.min if parsed.year == dt.MINYEAR else dt.datetime.max
+            return end.replace(tzinfo=dt.UTC)
 
 
 class OrderIdType(_IntParam):

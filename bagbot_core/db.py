@@ -221,6 +221,34 @@ def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> A
     return engine
 
 
+def create_read_engine(url: str, *, busy_timeout_ms: int | None = None) -> Engine:
+    """A new engine for reads that must never queue behind a writer (the service's token
+    checks): autocommit, so each statement reads what was committed before it.
+
+    On SQLite the connections are ``query_only`` and never ``BEGIN IMMEDIATE``: in WAL mode a
+    reader does not wait for the write lock. ``busy_timeout_ms`` bounds what a reader waits
+    in the rare cases SQLite still makes it (a WAL being recovered or reset); default the
+    configured busy timeout. On a server the connections are not pinged before use (one
+    round trip per read, not two): a read that finds its connection dropped raises an error
+    with ``connection_invalidated`` set, and a retry gets a new one. The caller disposes of
+    the engine.
+    """
+    parsed = parse_url(sync_url(database_url(url)))
+    if parsed.get_backend_name() != "sqlite":
+        return _create(create_engine, parsed, isolation_level="AUTOCOMMIT")
+    busy_ms = _busy_timeout_ms() if busy_timeout_ms is None else busy_timeout_ms
+    engine = _create(create_engine, parsed, isolation_level="AUTOCOMMIT")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+        cursor.execute("PRAGMA query_only = ON")
+        cursor.close()
+
+    return engine
+
+
 def init_db(engine: Engine) -> None:
     """Make sure ``engine``'s database has bagbot's tables at the current schema.
 

@@ -403,6 +403,8 @@ class Router:
         db: Any,
         user_id: str,
         testnet: bool = True,
+        *,
+        on_replay: Callable[[Order], object] | None = None,
     ) -> Order:
         """Validate, risk-check, persist and send one order; return its committed row.
 
@@ -410,6 +412,8 @@ class Router:
         ``AsyncSession``; the call commits it. Exactly one row is left per call (the
         exceptions: no valid ``user_id``, or the database itself failing).
 
+        :param on_replay: called with the returned row when this call is a retry of its
+            idempotency key (in any process) and wrote nothing.
         :raises OrderValidationError: bad payload / user id / reused idempotency key.
         :raises RiskCheckError: one or more checks refused; ``.violations`` lists them.
         :raises ExchangeRejectedError: the market or the exchange refused the order.
@@ -463,7 +467,7 @@ class Router:
             existing = await runner.run(store.get_by_client_order_id, request.client_order_id)
             if existing is not None:
                 return await self._idempotent_replay(runner, log, existing, connector_name,
-                                                     user_id, request, testnet)
+                                                     user_id, request, testnet, on_replay)
 
         client_order_id = request.client_order_id or new_client_order_id()
         log = log.bind(client_order_id=client_order_id)
@@ -495,7 +499,7 @@ class Router:
             existing = await runner.run(store.get_by_client_order_id, client_order_id)
             assert existing is not None
             return await self._idempotent_replay(runner, log, existing, connector_name,
-                                                 user_id, request, testnet)
+                                                 user_id, request, testnet, on_replay)
         except _DatabaseFailed as failed:  # the database itself: as before, no row
             raise failed.error from None
         except (BagbotError, Exception) as error:
@@ -752,6 +756,7 @@ class Router:
     async def _idempotent_replay(
         self, runner: _Db, log: Any, existing: Order, connector_name: str, user_id: str,
         request: OrderRequest, testnet: bool,
+        on_replay: Callable[[Order], object] | None = None,
     ) -> Order:
         """Same idempotency key again: return the first order, never place a second.
 
@@ -769,6 +774,8 @@ class Router:
         if existing.status == OrderStatus.REJECTED:
             self._fail(log, existing, ExchangeRejectedError(
                 existing.reason or "order was rejected"))
+        if on_replay is not None:
+            on_replay(existing)
         return existing
 
     @staticmethod

@@ -9,7 +9,10 @@ table does not let anyone in.
 argon2 is slow on purpose, which would make every request pay tens of milliseconds. So a
 successful verify is remembered in this process (the SHA-256 of the raw token -> its id, in
 a bounded LRU), but the row is still read by primary key on every call: a revocation or an
-expiry applies at once, in every process, cached or not.
+expiry applies at once, in every process, cached or not. :func:`authenticate` reads and
+writes through a session; a caller that must never wait for a writer (the HTTP service)
+reads through :func:`check_token` or the steps it is made of, on a connection that only
+reads, and writes ``last_used_at`` apart, with :func:`record_use`.
 
 The secrets carry 256 bits, so no hash setting protects them from guessing: the argon2
 parameters (OWASP's 19 MiB, two passes, one lane) bound what a flood of wrong guesses for a
@@ -31,7 +34,7 @@ from typing import Any
 import attrs
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from bagbot_core import audit
@@ -149,7 +152,8 @@ def check_label(label: object) -> str | None:
     return label
 
 
-def _identity(row: Any) -> TokenIdentity:
+def identity_of(row: Any) -> TokenIdentity:
+    """The identity a token row grants."""
     return TokenIdentity(row.id, row.user_id, bool(row.admin), bool(row.live), row.expires_at)
 
 
@@ -216,6 +220,79 @@ def revoke_token(session: Session, token_id: str) -> bool:
     return revoked
 
 
+#: The row :func:`authenticate` reads: one primary-key lookup, a statement compiled once.
+TOKEN_ROW = (select(ApiToken.id, ApiToken.user_id, ApiToken.admin, ApiToken.live,
+                    ApiToken.hash, ApiToken.expires_at, ApiToken.revoked_at,
+                    ApiToken.last_used_at)
+             .where(ApiToken.id == bindparam("token_id")))
+
+
+def token_id_of(raw: object) -> str | None:
+    """The public id of a well-formed token; ``None`` for anything else."""
+    match = _TOKEN.fullmatch(raw) if isinstance(raw, str) else None
+    return None if match is None else match.group(1)
+
+
+def usable(row: Any, now: dt.datetime) -> bool:
+    """The row exists and is neither revoked nor expired at ``now`` (secret not checked)."""
+    return row is not None and row.revoked_at is None and (
+        row.expires_at is None or row.expires_at > now)
+
+
+def verified_before(raw: str, token_id: str) -> bool:
+    """This process already verified ``raw`` as ``token_id``'s secret (no argon2 needed)."""
+    return _verified.holds(hashlib.sha256(raw.encode()).digest(), token_id)
+
+
+def verify_secret(row: Any, raw: str) -> bool:
+    """argon2-verify ``raw`` against the row's hash (tens of ms: keep it off an event loop);
+    remembered in this process when it matches."""
+    try:
+        _HASHER.verify(row.hash, raw)
+    except (VerificationError, InvalidHashError):
+        return False
+    _verified.add(hashlib.sha256(raw.encode()).digest(), row.id)
+    return True
+
+
+def last_used_stale(row: Any, now: dt.datetime) -> bool:
+    """``last_used_at`` is due for a write (at most one a :data:`LAST_USED_RESOLUTION`)."""
+    return bool(row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION)
+
+
+def _mark_used(token_id: str, now: dt.datetime) -> Any:
+    # Conditional, so processes that all saw a stale value write it once between them.
+    return (update(ApiToken)
+            .where(ApiToken.id == token_id,
+                   or_(ApiToken.last_used_at.is_(None),
+                       ApiToken.last_used_at <= now - LAST_USED_RESOLUTION))
+            .values(last_used_at=now))
+
+
+def record_use(session: Session, token_id: str, now: dt.datetime | None = None) -> None:
+    """Write ``last_used_at`` unless another call did within the resolution; commits."""
+    session.execute(_mark_used(token_id, now or utcnow()))
+    session.commit()
+
+
+def check_token(conn: Connection, raw: str) -> tuple[TokenIdentity | None, bool]:
+    """:func:`authenticate` on a connection that only reads: the identity (or ``None``),
+    and whether ``last_used_at`` is due (the caller writes it, with :func:`record_use`,
+    through a connection that may write). Ends no transaction: ``conn`` is meant to be in
+    autocommit (each read sees what other processes committed before it).
+    """
+    token_id = token_id_of(raw)
+    if token_id is None:
+        return None, False
+    row = conn.execute(TOKEN_ROW, {"token_id": token_id}).first()
+    now = utcnow()
+    if row is None or not usable(row, now):
+        return None, False
+    if not verified_before(raw, token_id) and not verify_secret(row, raw):
+        return None, False
+    return identity_of(row), last_used_stale(row, now)
+
+
 def authenticate(session: Session, raw: str) -> TokenIdentity | None:
     """The identity behind ``raw``, or ``None`` (malformed, unknown, wrong secret, expired,
     revoked). Never raises for any text; ends the transaction it opened (commits).
@@ -223,32 +300,19 @@ def authenticate(session: Session, raw: str) -> TokenIdentity | None:
     The row is read on every call (one primary-key lookup); only the argon2 verify is
     skipped for a token this process already verified.
     """
-    match = _TOKEN.fullmatch(raw) if isinstance(raw, str) else None
-    if match is None:
+    token_id = token_id_of(raw)
+    if token_id is None:
         return None
-    token_id = match.group(1)
-    row = session.execute(
-        select(ApiToken.id, ApiToken.user_id, ApiToken.admin, ApiToken.live, ApiToken.hash,
-               ApiToken.expires_at, ApiToken.revoked_at, ApiToken.last_used_at)
-        .where(ApiToken.id == token_id)).first()
+    row = session.execute(TOKEN_ROW, {"token_id": token_id}).first()
     now = utcnow()
-    if row is None or row.revoked_at is not None or (
-            row.expires_at is not None and row.expires_at <= now):
+    if row is None or not usable(row, now) or not (
+            verified_before(raw, token_id) or verify_secret(row, raw)):
         session.commit()
         return None
-    digest = hashlib.sha256(raw.encode()).digest()
-    if not _verified.holds(digest, token_id):
-        try:
-            _HASHER.verify(row.hash, raw)
-        except (VerificationError, InvalidHashError):
-            session.commit()
-            return None
-        _verified.add(digest, token_id)
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        session.execute(update(ApiToken).where(ApiToken.id == token_id)
-                        .values(last_used_at=now))
+    if last_used_stale(row, now):
+        session.execute(_mark_used(token_id, now))
     session.commit()
-    return _identity(row)
+    return identity_of(row)
 
 
 def forget_verified() -> None:

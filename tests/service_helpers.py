@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from bagbot_core.db import get_engine, session_factory
+from bagbot_core.service.auth import RateLimiter
 from bagbot_core.service.config import ServiceSettings
 from bagbot_core.tokens import create_token
 
@@ -82,6 +83,16 @@ def serve_in_thread(app: FastAPI, settings: ServiceSettings | None = None,
         thread.join(START_TIMEOUT)
         sock.close()
         assert not thread.is_alive(), "the service did not stop"
+
+
+def freeze_rate_limits(served: Served) -> None:
+    """From now on the running service's token buckets never refill (same rate and burst):
+    a test that counts requests up to the limit then does not depend on how fast a loaded
+    machine answers them."""
+    assert served.server is not None
+    service = served.server.config.app.state.bagbot
+    limiter = service.limiter
+    service.limiter = RateLimiter(limiter.rate, limiter.burst, clock=lambda: 0.0)
 
 
 def free_port() -> int:

@@ -232,6 +232,30 @@ async def test_concurrent_calls_with_one_key_place_one_order(router: Router, db_
     assert exchange.create_calls == 1
 
 
+async def test_on_replay_is_called_for_every_call_but_the_one_that_wrote_the_row(
+        router: Router, db_url: str, exchange: ScriptedExchange) -> None:
+    """Which of concurrent calls with one key created the order (an HTTP service answers it
+    201, the others 200) is the router's to say: a lookup before the call would race."""
+    from bagbot_core.db import get_engine, session_factory
+
+    factory = session_factory(get_engine(db_url))
+    payload = {**MARKET_BUY, "client_order_id": "race-2"}
+    replays: list[Order] = []
+
+    async def one() -> Order:
+        with factory() as session:
+            return await router.route_order("scripted", payload, session, "u",
+                                            on_replay=replays.append)
+
+    results = await asyncio.gather(*(one() for _ in range(5)))
+    assert len({r.id for r in results}) == 1 and exchange.create_calls == 1
+    assert len(replays) == 4 and {r.id for r in replays} == {results[0].id}
+    with factory() as session:
+        fresh = await router.route_order("scripted", MARKET_BUY, session, "u",
+                                         on_replay=replays.append)
+    assert fresh.id != results[0].id and len(replays) == 4
+
+
 async def test_async_session_works_too(router: Router, db_url: str) -> None:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 

@@ -294,3 +294,14 @@ def test_error_line_never_writes_escape_sequences_raw(tmp_path: Path, sqlite_url
     for control in RAW_CONTROLS:
         assert control not in line, repr(control)
     assert "\\x1b]0;OWNED\\x07" in line  # the symbol as typed (upper-cased), escaped
+
+
+@pytest.mark.parametrize("bound", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_a_time_utc_cannot_hold_is_the_calendars_end(tmp_path: Path, bound: str) -> None:
+    """A valid ISO time in a far zone at either end of the calendar is a bound, not a crash."""
+    url = f"sqlite:///{tmp_path}/bagbot.db"
+    for option in ("--since", "--until"):
+        result = CliRunner().invoke(cli, ["--database-url", url, "orders", "list", option,
+                                          bound, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == []

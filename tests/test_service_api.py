@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -34,7 +35,7 @@ from bagbot_core.service.app import create_app
 from bagbot_core.service.config import ServiceSettings
 from bagbot_core.tokens import revoke_token
 from tests.scripted import ScriptedConnector, ScriptedExchange, scripted_plugin
-from tests.service_helpers import Served, make_token, serve_in_thread
+from tests.service_helpers import Served, freeze_rate_limits, make_token, serve_in_thread
 
 MARKET = {"connector": "scripted", "symbol": "BTC/USDT", "side": "buy", "type": "market",
           "amount": "0.01"}
@@ -126,6 +127,34 @@ def api(db_url: str) -> Iterator[Api]:
         yield served
 
 
+@contextlib.contextmanager
+def another_instance(api: Api, *plugins: tuple[str, object]) -> Iterator[Served]:
+    """A second service on ``api``'s database and exchange, with a router, idempotency key
+    locks and engine of its own: what another ``bagbot serve`` process would have."""
+    registry = PluginRegistry(disabled=(), load_entrypoints=False, plugins=[
+        ("scripted", scripted_plugin(api.exchange)), *plugins])
+    settings = ServiceSettings(rate_limit=0)
+    router = Router(registry, limits=RiskLimits(), allow_live=False)
+    with serve_in_thread(create_app(settings, database_url=api.db_url, router=router),
+                         settings) as served:
+        yield served
+
+
+class HoldBeforeInsert:
+    """A plugin that holds its instance's route after the idempotency key's lookup found no
+    row and before the insert, until released: the window in which another instance can
+    insert the same key first."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    @hookimpl
+    def bagbot_before_route(self, connector: str, user_id: str, order: object) -> None:
+        self.reached.set()
+        self.release.wait(60)
+
+
 def assert_error(response: httpx.Response, status: int, type_: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
@@ -210,21 +239,47 @@ def test_any_printable_key_works_and_maps_to_one_client_order_id(api: Api) -> No
 
 
 def test_twenty_concurrent_retries_of_one_key_make_one_order(api: Api) -> None:
+    """Sent to two instances at once (each with its own key locks): one 201, the call that
+    created the order; 200 for every other, in either instance."""
     token = api.token("alice")
     api.exchange.script("rest")
 
-    def send(_: int) -> httpx.Response:
-        with api.client(token) as client:
-            return client.post("/v1/orders", json={**MARKET, "type": "limit",
-                                                   "price": "40000"},
-                               headers={"Idempotency-Key": "burst"})
+    with another_instance(api) as other:
+        def send(n: int) -> httpx.Response:
+            with (api.served if n % 2 else other).client(token) as client:
+                return client.post("/v1/orders", json={**MARKET, "type": "limit",
+                                                       "price": "40000"},
+                                   headers={"Idempotency-Key": "burst"})
 
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        responses = list(pool.map(send, range(20)))
-    assert sorted(r.status_code for r in responses) == [200] * 19 + [201]
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            responses = list(pool.map(send, range(20)))
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [201], [
+        r.text for r in responses]
     assert len({r.json()["id"] for r in responses}) == 1
     assert len(api.rows()) == 1
     assert api.exchange.create_calls == 1 and len(api.exchange.placed) == 1
+
+
+def test_a_retry_that_loses_the_insert_to_another_instance_is_200(api: Api) -> None:
+    """Instance B looks the key up (no row yet) and is held there; instance A creates the
+    order (201); then B's insert finds the key taken and B answers 200 with A's order. A
+    lookup of the key before routing cannot tell: B's found no row, and answered 201."""
+    gate = HoldBeforeInsert()
+    token = api.token("alice")
+    headers = {"Idempotency-Key": "raced"}
+    with another_instance(api, ("gate", gate)) as instance_b, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool, \
+            instance_b.client(token) as client_b, api.client(token) as client_a:
+        late = pool.submit(client_b.post, "/v1/orders", json=MARKET, headers=headers)
+        try:
+            assert gate.reached.wait(60), "instance B did not start routing"
+            first = client_a.post("/v1/orders", json=MARKET, headers=headers)
+        finally:
+            gate.release.set()
+        second = late.result(60)
+    assert (first.status_code, second.status_code) == (201, 200), second.text
+    assert second.json() == first.json()
+    assert len(api.rows()) == 1 and api.exchange.create_calls == 1
 
 
 def test_a_key_reused_for_another_order_or_by_another_user_is_409(api: Api) -> None:
@@ -490,6 +545,7 @@ def test_live_needs_a_live_token_and_the_environment_opt_in(db_url: str) -> None
 
 def test_rate_limit_per_token_is_429_with_retry_after(db_url: str) -> None:
     with running(db_url, settings=ServiceSettings(rate_limit=1)) as api:
+        freeze_rate_limits(api.served)  # else three slow answers would refill the bucket
         alice, bob = api.token("alice"), api.token("bob")
         with api.client(alice) as client, api.client(bob) as other:
             statuses = [client.get("/v1/orders").status_code for _ in range(2)]
@@ -593,6 +649,20 @@ def test_list_filters_and_pages_newest_first(api: Api) -> None:
     assert nothing["orders"] == [] and future["orders"] == []
     assert_error(bad_status, 422, "ValidationError")
     assert_error(bad_limit, 422, "ValidationError")
+
+
+def test_list_bounds_past_what_utc_can_hold_are_bounds_not_errors(api: Api) -> None:
+    """Valid times that UTC cannot hold (the calendar's first hours in a zone east of UTC,
+    its last ones west of it) select every order or none, as written: not a 500."""
+    early, late = "0001-01-01T00:00:09+06:00", "9999-12-31T23:00:00-05:00"
+    with api.client(api.token("alice")) as client:
+        order = client.post("/v1/orders", json=MARKET).json()
+        answers = {(name, when): client.get("/v1/orders", params={name: when})
+                   for name in ("since", "until") for when in (early, late)}
+    assert {key: r.status_code for key, r in answers.items()} == dict.fromkeys(answers, 200)
+    assert {key: [o["id"] for o in r.json()["orders"]] for key, r in answers.items()} == {
+        ("since", early): [order["id"]], ("until", early): [],
+        ("since", late): [], ("until", late): [order["id"]]}
 
 
 def test_plugins_and_risk_match_the_command_line_shapes(api: Api) -> None:

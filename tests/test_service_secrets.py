@@ -21,7 +21,7 @@ from bagbot_core.router import Router
 from bagbot_core.service.app import create_app
 from bagbot_core.service.config import ServiceSettings
 from tests.scripted import ScriptedExchange, scripted_plugin
-from tests.service_helpers import make_token, serve_in_thread
+from tests.service_helpers import freeze_rate_limits, make_token, serve_in_thread
 
 
 @pytest.fixture
@@ -68,6 +68,7 @@ def test_a_token_appears_in_no_log_row_or_answer(db_url: str, tmp_path: Path,
     try:
         with serve_in_thread(app, settings, log_level="debug", own_logging=False) as served, \
                 served.client(token) as client, served.client() as anonymous:
+            freeze_rate_limits(served)  # the 429s below, however slowly the machine answers
             calls = [
                 lambda: client.post("/v1/orders", json=order),  # filled
                 lambda: client.post("/v1/orders", json=order),  # rejected by the exchange

@@ -3,10 +3,11 @@ money fields and the status map."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -30,7 +31,7 @@ from bagbot_core.payload import CLIENT_ORDER_ID_RE
 from bagbot_core.service.auth import RateLimiter
 from bagbot_core.service.config import ServiceSettings
 from bagbot_core.service.errors import retry_after, status_for
-from bagbot_core.service.routes_orders import client_order_id_for
+from bagbot_core.service.routes_orders import client_order_id_for, utc_bound
 from bagbot_core.service.schemas import OrderIn
 
 ORDER = {"connector": "paper", "symbol": "BTC/USDT", "side": "buy", "type": "market",
@@ -133,3 +134,30 @@ def test_retry_after_is_whole_seconds_at_least_one() -> None:
     assert retry_after(RateLimitedError("x", 6.1)) == "7"
     assert retry_after(RateLimitedError("x", float("inf"))) == "1"
     assert retry_after(ExchangeUnavailableError("x")) == "1"
+
+
+#: Any offset a client may write (RFC 3339: -23:59 .. +23:59, to the minute).
+offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
+    lambda minutes: dt.timezone(dt.timedelta(minutes=minutes)))
+#: A row's ``created_at``: any UTC time but the calendar's last microsecond, which stands in
+#: for the times past it (no row is created then).
+ROW_TIMES = st.datetimes(max_value=dt.datetime.max - dt.timedelta(microseconds=1),
+                         timezones=st.just(dt.UTC))
+
+
+@example(bound=dt.datetime(1, 1, 1, 0, 0, 9, tzinfo=dt.timezone(dt.timedelta(hours=6))),
+         stored=dt.datetime(1, 1, 1, tzinfo=dt.UTC))
+@example(bound=dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+         stored=dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC))
+@given(bound=st.datetimes(timezones=offsets), stored=ROW_TIMES)
+def test_a_list_bound_in_any_zone_selects_what_it_says(bound: dt.datetime,
+                                                        stored: dt.datetime) -> None:
+    """``since``/``until`` are compared with UTC rows: the bound in UTC never overflows (the
+    first and last hours of the calendar in a far zone once did: a 500), and every row
+    compares with it as with the time the client wrote."""
+    utc = utc_bound(bound)
+    assert utc is not None and utc.utcoffset() == dt.timedelta(0)
+    assert (stored >= utc) == (stored >= bound)  # since: inclusive
+    assert (stored < utc) == (stored < bound)  # until: exclusive
+    assert utc_bound(bound.replace(tzinfo=None)) == bound.replace(tzinfo=dt.UTC)
+    assert utc_bound(None) is None

@@ -77,8 +77,9 @@ def create_app(settings: ServiceSettings | None = None, *, database_url: str | N
             await _drain(service)
             await reconciler.stop(wait=CANCEL_WAIT)
             await service_router.aclose()
+            await service.tokens.aclose(wait=CANCEL_WAIT)  # last_used_at writes, read pools
             await engine.dispose()
-            get_engine(service.url).dispose()  # the token checks' pool
+            get_engine(service.url).dispose()  # the last_used_at writes' pool
             audit.get_logger().info("service_stopped")
 
     # No /docs or /redoc (their pages load scripts from a CDN; /openapi.json is served),

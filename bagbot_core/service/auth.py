@@ -1,8 +1,9 @@
 """Who a request acts for: the Bearer token, and each token's request rate.
 
-The token is checked by :func:`bagbot_core.tokens.authenticate` on every request (the row
-is read each time, so a revocation applies at once). Its argon2 verify is slow on purpose,
-so it runs in a worker thread, never on the event loop.
+The token is checked on every request by :class:`.token_check.TokenChecker` (the row is
+read each time, so a revocation applies at once, through reads that never wait for SQLite's
+write lock). Its argon2 verify is slow on purpose, so it runs in a worker thread, never on
+the event loop, and only the first time this process sees the token.
 
 The rate limit is a token bucket per API token, kept in this process: ``rate`` requests a
 second, bursts up to ``burst``. Several ``bagbot serve`` processes (workers, instances) each

@@ -79,7 +79,11 @@ async def _owned(db: AsyncSession, identity: TokenIdentity, order_id: int) -> Or
 async def create_order(body: OrderIn, identity: Identity, service: ServiceRuntime, db: Db,
                        idempotency_key: IdempotencyKey = None) -> BagbotJSONResponse:
     """Validate, risk-check, record and send one order for the token's user: 201 with the
-    row; 200 with the first row for a retry of the same ``Idempotency-Key``."""
+    row; 200 with the first row for a retry of the same ``Idempotency-Key``.
+
+    Which of concurrent retries created the row is the router's to say (``on_replay``): a
+    lookup made here first would race with another process's insert and answer 201 twice.
+    """
     _check_live(identity, body)
     payload = body.payload()
     if idempotency_key is None:
@@ -87,11 +91,12 @@ async def create_order(body: OrderIn, identity: Identity, service: ServiceRuntim
                                                  identity.user_id, body.testnet)
         return order_out(order, 201)
     payload["client_order_id"] = key = client_order_id_for(idempotency_key)
+    replayed: list[Order] = []
     async with service.keys.hold(key):
-        seen = await db.run_sync(store.get_by_client_order_id, key)
         order = await service.router.route_order(body.connector, payload, db,
-                                                 identity.user_id, body.testnet)
-    return order_out(order, 200 if seen is not None else 201)
+                                                 identity.user_id, body.testnet,
+                                                 on_replay=replayed.append)
+    return order_out(order, 200 if replayed else 201)
 
 
 @router.post("/orders/check", response_model=CheckOut, responses=ERRORS,
@@ -130,8 +135,8 @@ async def list_orders(
 
     def query(sync_db: Any) -> list[Order]:
         return store.list_orders(sync_db, user_id=owner, symbol=symbol, status=status,
-                                 connector=connector, since=_utc(since), until=_utc(until),
-                                 limit=limit, offset=offset)
+                                 connector=connector, since=utc_bound(since),
+                                 until=utc_bound(until), limit=limit, offset=offset)
 
     orders = await db.run_sync(query)
     following = offset + len(orders) if len(orders) == limit else None
@@ -178,7 +183,18 @@ def _about(order: Order) -> Iterator[None]:
         raise
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
+def utc_bound(value: dt.datetime | None) -> dt.datetime | None:
+    """A ``since``/``until`` bound in UTC (naive: read as UTC).
+
+    A valid time that UTC cannot hold (the first or the last hours of the calendar in a far
+    zone, ``0001-01-01T00:30+01:00``) becomes the nearest one it can: converting it would
+    overflow (a 500), and as a bound it selects the same rows."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        end = dt.datetime.min if value.year == dt.MINYEAR else dt.datetime.max
+        return end.replace(tzinfo=dt.UTC)

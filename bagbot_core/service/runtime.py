@@ -8,14 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio.to_thread
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bagbot_core.db import get_engine, session_factory
 from bagbot_core.router import Router
 from bagbot_core.service.config import ServiceSettings
-from bagbot_core.tokens import TokenIdentity, authenticate
+from bagbot_core.service.token_check import TokenChecker
+from bagbot_core.tokens import TokenIdentity
 
 
 class InFlight:
@@ -93,8 +92,10 @@ class Runtime:
     def __init__(self, settings: ServiceSettings, url: str, router: Router,
                  engine: AsyncEngine, limiter: Any, inflight: InFlight | None = None) -> None:
         self.settings = settings
-        #: The database's synchronous URL (tokens are checked through it, in a thread).
+        #: The database's synchronous URL.
         self.url = url
+        #: Checks the Bearer tokens: reads that never wait for SQLite's write lock.
+        self.tokens = TokenChecker(url)
         self.router = router
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -105,11 +106,7 @@ class Runtime:
         self.ready = False
 
     async def authenticate(self, raw: str) -> TokenIdentity | None:
-        def check() -> TokenIdentity | None:
-            with session_factory(get_engine(self.url))() as session:
-                return authenticate(session, raw)
-
-        return await anyio.to_thread.run_sync(check)
+        return await self.tokens.authenticate(raw)
 
 
 def runtime(request: Request) -> Runtime:
