@@ -53,7 +53,8 @@ from bagbot_core.orders import OrderRequest, Side
 from bagbot_core.status import OrderStatus
 from bagbot_core.views import OrderView
 
-__all__ = ["ALL_USERS", "LIVE_STATUSES", "TRADED_STATUSES", "History", "order_value_usd"]
+__all__ = ["ALL_USERS", "LIVE_STATUSES", "TRADED_STATUSES", "History", "StateRow",
+           "order_value_usd"]
 
 T = TypeVar("T")
 
