@@ -53,7 +53,8 @@ from bagbot_core.orders import OrderRequest, Side
 from bagbot_core.status import OrderStatus
 from bagbot_core.views import OrderView
 
-__all__ = ["ALL_USERS", "LIVE_STATUSES", "TRADED_STATUSES", "History", "order_value_usd"]
+__all__ = ["ALL_USERS", "LIVE_STATUSES", "TRADED_STATUSES", "History", "StateRow",
+           "order_value_usd"]
 
 T = TypeVar("T")
 
@@ -169,7 +170,7 @@ class History:
         #: lock is held: every check of the order measures its windows from it. ``None``
         #: for a view built outside the router (a check then reads its own clock).
         self.now = now
-        # Answers of this transaction, by query and parameters (see _cached), and the
+        # Answers of this transaction, by query and parameters (see _answer), and the
         # queries announced by expect(), fetched together by the first one asked.
         self._transaction: Any = None
         self._answers: dict[Any, Any] = {}
@@ -194,7 +195,9 @@ class History:
         this class, with the arguments the check will pass): the first query of the
         transaction fetches every announced one in one statement, and the later calls are
         answered from that snapshot -- exact, since the user's lock keeps every other
-        router out until the transaction ends. A call not announced runs its own query.
+        router of this user out until the transaction ends (a query over
+        :data:`ALL_USERS` is as fresh as that first statement). A call not announced runs
+        its own query.
 
         :raises ValueError: ``query`` is not a query this view can fetch ahead.
         """
