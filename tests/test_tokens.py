@@ -23,6 +23,15 @@ TOKEN_FORM = re.compile(r"bgt_[a-z0-9]{12}_[A-Za-z0-9_-]{43}")
 FIXTURE_CHECKS = [HealthCheck.function_scoped_fixture]
 
 
+#: ``bgt_`` and the 12-character public id; the secret follows the next ``_`` (and may hold
+#: ``_`` itself: it is URL-safe base64).
+PREFIX = len("bgt_") + 12
+
+
+def secret_of(raw: str) -> str:
+    return raw[PREFIX + 1:]
+
+
 @pytest.fixture(autouse=True)
 def cold_cache() -> Iterator[None]:
     tokens.forget_verified()
@@ -64,7 +73,7 @@ def test_created_token_authenticates_as_its_user(db: Session) -> None:
 
 def test_the_raw_token_is_stored_nowhere(db: Session) -> None:
     raw, made = create_token(db, "alice", label="ci")
-    secret = raw.rsplit("_", 1)[1]
+    secret = secret_of(raw)
     row = row_of(db, made.token_id)
     columns = [getattr(row, c.key) for c in ApiToken.__table__.columns]
     assert not any(secret in str(value) for value in columns)
@@ -79,7 +88,7 @@ def test_the_raw_token_is_stored_nowhere(db: Session) -> None:
 
 def test_wrong_secret_is_refused(db: Session) -> None:
     raw, made = create_token(db, "alice")
-    prefix, secret = raw.rsplit("_", 1)
+    prefix, secret = raw[:PREFIX], raw[PREFIX + 1:]
     flipped = ("B" if secret[0] == "A" else "A") + secret[1:]
     assert authenticate(db, f"{prefix}_{flipped}") is None
     _, other = create_token(db, "bob")
@@ -91,7 +100,7 @@ def test_wrong_secret_is_refused(db: Session) -> None:
 
 def test_unknown_id_is_refused(db: Session) -> None:
     raw, _ = create_token(db, "alice")
-    assert authenticate(db, "bgt_zzzzzzzzzzzz_" + raw.rsplit("_", 1)[1]) is None
+    assert authenticate(db, "bgt_zzzzzzzzzzzz_" + secret_of(raw)) is None
 
 
 @pytest.mark.parametrize("bad", [
@@ -197,7 +206,7 @@ def test_list_shows_every_token_without_its_hash(db: Session) -> None:
         assert not hasattr(info, "hash")
         shown = f"{info!r} {info.as_dict()}"
         assert not any(h in shown for h in hashes) and "argon2" not in shown
-        assert raw_a.rsplit("_", 1)[1] not in shown
+        assert secret_of(raw_a) not in shown
     first = everyone[0].as_dict()
     assert first["label"] == "one" and first["status"] == "active"
     assert set(first) == {"token_id", "user_id", "admin", "live", "label", "status",
@@ -270,4 +279,4 @@ def test_audit_log_names_the_token_never_its_secret(db: Session, log_stream_json
     (revoked,) = events("token_revoked")  # type: ignore[operator]
     assert revoked["id"] == made.token_id
     logged = log_stream_json.getvalue()  # type: ignore[attr-defined]
-    assert raw.rsplit("_", 1)[1] not in logged and "argon2" not in logged
+    assert secret_of(raw) not in logged and "argon2" not in logged
