@@ -47,7 +47,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("mypy>=1.10", "-e", ".[testing,postgres,asyncio,ccxt]",
+    session.install("mypy>=1.10", "-e", ".[testing,postgres,asyncio,ccxt,service]",
                     *(arg for name in PLUGINS for arg in ("-e", f"plugins/{name}")))
     session.run("mypy", "bagbot_core", *(f"plugins/{name}/{name}" for name in PLUGINS))
 
