@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -154,3 +158,31 @@ async def test_configured_secrets_are_masked_even_without_a_key_name(
     assert CANARY_SECRET not in str(info.value)
     assert CANARY_SECRET not in log_stream.getvalue()
     assert CANARY_SECRET not in (db.scalars(select(Order)).one().reason or "")
+
+
+class _Custom:
+    def __repr__(self) -> str:
+        return "<custom \u00e9>"
+
+
+class _Structlogged:
+    def __structlog__(self) -> str:
+        return "shown-by-hook"
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([_Custom(), _Structlogged(), Decimal("1.50"), Decimal("NaN")]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12)
+
+
+@given(st.dictionaries(st.text(max_size=12), _JSON_VALUES, max_size=8))
+def test_json_lines_are_the_bytes_structlogs_own_renderer_writes(event: dict[str, Any]) -> None:
+    """The encoder built once writes exactly what ``json.dumps`` with structlog's fallback
+    writes: readers of existing audit files see no change."""
+    ours = structlog.processors.JSONRenderer(audit._dumps)(None, "info", dict(event))
+    theirs = structlog.processors.JSONRenderer(sort_keys=False)(None, "info", dict(event))
+    assert ours == theirs
