@@ -106,16 +106,22 @@ def insert_order(session: Session, **fields: Any) -> Order:
         values["status"] = OrderStatus.PENDING.value
     try:
         connection = session.connection()
-        result = connection.execute(_INSERT_ORDER, values)
-        key = result.inserted_primary_key
-        assert key is not None
-        values["id"] = key[0]
+        if session.expire_on_commit:
+            # The row as the database holds it, so the commit's expiry costs no reload.
+            values = _loaded(connection.execute(_INSERT_ORDER_RETURNING, values).one())
+        else:
+            key = connection.execute(_INSERT_ORDER, values).inserted_primary_key
+            assert key is not None
+            values["id"] = key[0]
         positions.row_inserted(connection, values)
-        for key, value in values.items():
-            set_committed_value(order, key, value)
+        for name, value in values.items():
+            set_committed_value(order, name, value)
         make_transient_to_detached(order)
         session.add(order)  # persistent: in the identity map, nothing to flush
         session.commit()
+        if session.expire_on_commit:
+            for name, value in values.items():
+                set_committed_value(order, name, value)
     except IntegrityError as exc:
         if order in session:
             session.expunge(order)
@@ -138,6 +144,13 @@ _INSERT_DEFAULTS: dict[str, Any] = {
     column.key: None for column in _ORDERS.columns if column.key != "id"}
 _INSERT_DEFAULTS.update(testnet=True, filled_qty=Decimal(0))
 _INSERT_ORDER = insert(_ORDERS)
+_INSERT_ORDER_RETURNING = _INSERT_ORDER.returning(*_ORDERS.columns)
+_COLUMN_KEYS = tuple(column.key for column in _ORDERS.columns)
+
+
+def _loaded(row: Any) -> dict[str, Any]:
+    """A ``RETURNING`` row of every column, by attribute name."""
+    return dict(zip(_COLUMN_KEYS, row, strict=True))
 
 
 def get_order(session: Session, order_id: int) -> Order:
@@ -290,7 +303,13 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
         connection = session.connection()  # begins the transaction, relaxed if asked
         if not durable and connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
-        connection.execute(_UPDATE_ORDER, {"order_id": order.id, **changes})
+        if session.expire_on_commit:
+            # The commit expires the row: take it back as written, not by another SELECT.
+            row = _loaded(connection.execute(_UPDATE_ORDER_RETURNING,
+                                             {"order_id": order.id, **changes}).one())
+        else:
+            connection.execute(_UPDATE_ORDER, {"order_id": order.id, **changes})
+            row = changes
         after = positions.signed_fill(changes.get("status", order.status), order.side,
                                       changes.get("filled_qty", order.filled_qty))
         positions.row_changed(connection, order, after - before)
@@ -302,11 +321,12 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
     finally:
         if token is not None:
             RELAXED_SYNC.reset(token)
-    for key, value in changes.items():
+    for key, value in row.items():
         set_committed_value(order, key, value)
 
 
 _UPDATE_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("order_id"))
+_UPDATE_ORDER_RETURNING = _UPDATE_ORDER.returning(*_ORDERS.columns)
 
 
 def _storable_answer(state: ExchangeOrder) -> dict[str, str | None]:

@@ -204,3 +204,60 @@ def test_relaxed_commit_skips_the_flush_only_when_asked(db_url: str) -> None:
         assert seen == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"]
     else:
         assert seen == ["SET LOCAL synchronous_commit = off"]
+
+
+@pytest.mark.parametrize("expire_on_commit", [True, False])
+@pytest.mark.parametrize("payload", [LIMIT, {**LIMIT, "amount": "0.50", "price": "40000.10"}])
+async def test_a_routed_row_is_never_read_back_and_equals_the_stored_row(
+        router: Router, db_url: str, expire_on_commit: bool, payload: dict[str, str]) -> None:
+    """The pending row and the exchange's answer are written without a reload of the row the
+    router holds, whatever the caller's session expires on commit, and the returned object
+    equals what a fresh session reads."""
+    from sqlalchemy import event, inspect
+
+    engine = get_engine(db_url)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    with Session(engine, expire_on_commit=expire_on_commit) as db:
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            order = await router.route_order("scripted", payload, db, "u")
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        assert not inspect(order).expired_attributes
+        reads = [s for s in statements if s.startswith("select") and "from orders" in s]
+        assert reads == [], reads
+        with session_factory(engine)() as fresh:
+            stored = store.get_order(fresh, order.id)
+            for column in Order.__table__.columns:
+                assert getattr(order, column.key) == getattr(stored, column.key), column.key
+        assert str(order.qty) == str(stored.qty) and str(order.price) == str(stored.price)
+
+
+async def test_an_async_caller_gets_the_row_without_a_refresh(router: Router,
+                                                              db_url: str) -> None:
+    """``AsyncSession`` expires on commit by default: the row still comes back loaded, with
+    no ``SELECT`` of it after the writes."""
+    from sqlalchemy import event, inspect
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from bagbot_core.db import get_async_engine
+
+    engine = get_async_engine(db_url)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    async with AsyncSession(engine) as db:
+        event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            order = await router.route_order("scripted", LIMIT, db, "u")
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", seen)
+        assert not inspect(order).expired_attributes
+        assert [s for s in statements if s.startswith("select") and "from orders" in s] == []
+        assert order.status == "open" and order.qty == Decimal("1")
