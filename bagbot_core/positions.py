@@ -7,13 +7,12 @@ when rejected or when the symbol has no base) to its ``(user, testnet, asset, co
 row, on the flush's own connection: the aggregate commits, or rolls back, with the fill
 (:func:`bagbot_core.store.apply_exchange_state` is where fills change).
 
-Exact on both backends: PostgreSQL adds NUMERIC values in one atomic upsert; SQLite keeps
-decimals as text, so the sum is done in Python, read-modify-write, while the transaction
-holds the database's write lock (the ``orders`` write just before it took the lock; bagbot's
-SQLite transactions begin ``IMMEDIATE``). :mod:`bagbot_core.store` writes its rows with Core
-statements and calls :func:`row_inserted` / :func:`row_changed` itself; other rows written
-behind the ORM (bulk ``insert`` or ``delete`` statements) are not seen: call :func:`rebuild`
-after such a write.
+Exact on both backends, in one atomic upsert: PostgreSQL adds NUMERIC values; SQLite keeps
+decimals as text, so its upsert adds them with :mod:`bagbot_core.exact_sum`'s SQL function
+(Python's decimal arithmetic, registered on the connection). :mod:`bagbot_core.store`
+writes its rows with Core statements and calls :func:`row_inserted` / :func:`row_changed`
+itself; other rows written behind the ORM (bulk ``insert`` or ``delete`` statements) are not
+seen: call :func:`rebuild` after such a write.
 """
 
 from __future__ import annotations
@@ -23,9 +22,11 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, event, insert, inspect, select, update
+from sqlalchemy import Connection, delete, event, insert, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from bagbot_core import exact_sum
 from bagbot_core.models import Order, Position
 from bagbot_core.money import normalize
 from bagbot_core.status import OrderStatus
@@ -68,27 +69,16 @@ def _add(connection: Connection, key: Key, delta: Decimal) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(_PG_UPSERT, row)
         return
-    # No arithmetic in SQL here: SQLite would add the decimal texts as floats.
-    where = {"k_user_id": user_id, "k_testnet": testnet, "k_asset": asset,
-             "k_connector": connector}
-    current = connection.scalar(_READ, where)
-    if current is None:
-        connection.execute(_INSERT, row)
-    else:
-        with decimal.localcontext(_EXACT):
-            total = current + delta
-        connection.execute(_UPDATE, {**where, "quantity": normalize(total)})
+    # SQLite would add the decimal texts as floats: bagbot's exact sum, as a SQL function.
+    exact_sum.register(connection)
+    connection.execute(_SQLITE_UPSERT, row)
 
 
-# Built once, with bound parameters: building the expressions per fill costs more than
-# running them.
-_WHERE = (Position.user_id == bindparam("k_user_id"),
-          Position.testnet == bindparam("k_testnet"),
-          Position.asset == bindparam("k_asset"),
-          Position.connector == bindparam("k_connector"))
-_READ = select(Position.quantity).where(*_WHERE)
-_INSERT = insert(Position)
-_UPDATE = update(Position).where(*_WHERE)
+# Built once: building the expressions per fill costs more than running them.
+_SQLITE_UPSERT = sqlite_insert(Position).on_conflict_do_update(
+    index_elements=["user_id", "testnet", "asset", "connector"],
+    set_={"quantity": exact_sum.add(Position.quantity,
+                                    sqlite_insert(Position).excluded.quantity)})
 _PG_UPSERT = pg_insert(Position).on_conflict_do_update(
     index_elements=["user_id", "testnet", "asset", "connector"],
     set_={"quantity": Position.quantity + pg_insert(Position).excluded.quantity})

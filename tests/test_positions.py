@@ -176,3 +176,60 @@ def test_answers_are_reused_within_one_transaction_only(db_url: str) -> None:
     finally:
         event.remove(engine, "before_cursor_execute", seen)
         db.close()
+
+
+# Values a NUMERIC(38, 18) column holds, signed: a float sum of their texts would round.
+MONEY = st.decimals(min_value=Decimal("-99999999999999999999.999999999999999999"),
+                    max_value=Decimal("99999999999999999999.999999999999999999"),
+                    places=18, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(left=st.none() | MONEY, right=st.none() | MONEY)
+def test_sqlites_decimal_add_is_exact_on_any_engine(sqlite_url: str, left: Decimal | None,
+                                                     right: Decimal | None) -> None:
+    """The SQL function the SQLite upsert adds with equals Python's exact sum, as the text
+    the column stores, on bagbot's engine and on a caller's plain one (registered on first
+    use)."""
+    from sqlalchemy import create_engine, literal, select
+
+    from bagbot_core import exact_sum
+    from bagbot_core.money import decimal_text
+
+    expected = (decimal_text(left if right is None else right if left is None
+                             else decimal.Context(prec=200).add(left, right)))
+    for engine in (get_engine(sqlite_url), create_engine(sqlite_url)):
+        with engine.connect() as connection:
+            exact_sum.register(connection)
+            exact_sum.register(connection)  # twice: no error, one registration
+            added = connection.scalar(select(exact_sum.add(
+                literal(decimal_text(left)), literal(decimal_text(right)))))
+        assert added == expected
+
+
+def test_a_position_upsert_is_one_statement_on_both_backends(db_url: str) -> None:
+    """A fill changes its position with one statement: no read-modify-write."""
+    engine = get_engine(db_url)
+    db = session_factory(engine)()
+    order = store.insert_order(db, user_id="u", connector="c", symbol="BTC/USDT", side="buy",
+                               order_type="market", qty=Decimal("2"), status="pending",
+                               client_order_id="one-statement", testnet=True)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement.lower())
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for filled in ("0.5", "2"):
+            store.apply_exchange_state(db, order, ExchangeOrder(
+                external_id="x1", client_order_id="one-statement",
+                status=OrderStatus.PARTIALLY_FILLED if filled == "0.5" else OrderStatus.FILLED,
+                symbol="BTC/USDT", filled_qty=Decimal(filled), avg_price=Decimal("100"),
+                amount=Decimal("2"), price=None, raw_status="X"))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    touching = [s for s in statements if "positions" in s]
+    assert len(touching) == 2 and all(s.startswith("insert") for s in touching), touching
+    assert aggregate(db) == {("u", True, "BTC", "c"): Decimal(2)}
+    db.close()
