@@ -39,10 +39,14 @@ Idempotency
 
 Consistency
     Every operation is one database transaction: balance updates and the order row commit
-    together or not at all. On SQLite the engine starts every transaction with
+    together or not at all. Routed through bagbot's router on the book's own database, a new
+    order is placed in the router's transaction (:meth:`PaperConnector.create_order_in`):
+    the router's order row, the paper order and the balances commit together. On SQLite the engine starts every transaction with
     ``BEGIN IMMEDIATE`` (one writer at a time, across processes); on PostgreSQL the rows are
     locked with ``SELECT ... FOR UPDATE`` (orders by id, then balances by asset), so two
-    processes cannot spend the same balance twice. Database work is short and synchronous;
+    processes cannot spend the same balance twice. The statements are Core statements (no
+    unit of work); an account with no open order on the symbol costs one indexed read for
+    the resting-order scan, nothing more. Database work is short and synchronous;
     the coroutines call it directly.
 
 Reference prices belong to the connector instance (defaults + config); they are not stored,
