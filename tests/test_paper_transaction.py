@@ -319,3 +319,35 @@ def test_a_subclass_or_a_wrapped_create_order_keeps_the_ordinary_path(tmp_path: 
     assert not wrapped._shares_transaction(url)
     memory = PaperConnector(ConnectorSettings(database_url="sqlite://"))
     assert not memory._shares_transaction("sqlite://")
+
+
+async def test_a_resting_order_fills_when_the_next_routed_order_touches_the_book(
+        db_url: str) -> None:
+    account = f"tx-{uuid.uuid4().hex[:10]}"
+    router = paper_router(account)
+    engine = get_engine(db_url)
+    try:
+        with session_factory(engine)() as db:
+            resting = await router.route_order(
+                "paper", {"symbol": "BTC/USDT", "side": "buy", "type": "limit",
+                          "amount": "0.1", "price": "49000"}, db, "u1")
+            assert resting.status == OrderStatus.OPEN
+            [paper] = router._connectors.values()
+            assert isinstance(paper, PaperConnector)
+            paper._prices["BTC/USDT"] = D(48_000)  # moved, not yet seen by the book
+            with Statements(engine) as seen:
+                order = await router.route_order("paper", BUY, db, "u1")
+            assert seen.commits == 1
+            assert order.status == OrderStatus.FILLED and order.avg_price == D("48004.80")
+            with session_factory(engine)() as reader:  # filled by that order's transaction
+                assert reader.scalar(select(PaperOrderRow.status).where(
+                    PaperOrderRow.client_order_id == resting.client_order_id)) == "filled"
+            synced = await router.sync_order(db, resting.id)
+            assert synced.status == OrderStatus.FILLED and synced.avg_price == D(49_000)
+    finally:
+        await router.aclose()
+    orders, balances = book(db_url, account)
+    assert orders == 2
+    # 0.1 at 49,000 (maker, at its limit) and 0.01 at the new ask.
+    assert balances["USDT"] == (D(100_000) - D(4_900) - D("480.048"), D(0))
+    assert balances["BTC"] == (D(10) + D("0.11"), D(0))

@@ -41,13 +41,14 @@ Consistency
     Every operation is one database transaction: balance updates and the order row commit
     together or not at all. Routed through bagbot's router on the book's own database, a new
     order is placed in the router's transaction (:meth:`PaperConnector.create_order_in`):
-    the router's order row, the paper order and the balances commit together. On SQLite the engine starts every transaction with
-    ``BEGIN IMMEDIATE`` (one writer at a time, across processes); on PostgreSQL the rows are
-    locked with ``SELECT ... FOR UPDATE`` (orders by id, then balances by asset), so two
-    processes cannot spend the same balance twice. The statements are Core statements (no
-    unit of work); an account with no open order on the symbol costs one indexed read for
-    the resting-order scan, nothing more. Database work is short and synchronous;
-    the coroutines call it directly.
+    the router's order row, the paper order and the balances commit together. On SQLite the
+    engine starts every transaction with ``BEGIN IMMEDIATE`` (one writer at a time, across
+    processes); on PostgreSQL the rows are locked with ``SELECT ... FOR UPDATE`` (orders by
+    id, then balances by asset), so two processes cannot spend the same balance twice. The
+    statements are Core statements (no unit of work). On SQLite an order on a market where
+    the account has nothing resting reads its balances and that fact in one statement and
+    skips the resting-order scan; on PostgreSQL the scan is one indexed read. Database work
+    is short and synchronous; the coroutines call it directly.
 
 Reference prices belong to the connector instance (defaults + config); they are not stored,
 so a new process starts from the configured prices again.
@@ -773,7 +774,9 @@ class PaperConnector(Connector):
         (resting orders the prices crossed and first-touch balance rows may be written
         before it: legitimate, complete changes of the book)."""
         market, amount, price = self._validated(order)
-        self._fill_crossed(connection, [market.symbol])
+        balances = self._balances_if_nothing_rests(connection, market)
+        if balances is None:
+            self._fill_crossed(connection, [market.symbol])
         bid, ask = self._touch(market.symbol)
         buy = order.side == Side.BUY
         touch = ask if buy else bid
@@ -787,7 +790,8 @@ class PaperConnector(Connector):
                 f"order value {value} is below {market.symbol}'s minimum {market.min_cost}"
             )
         hold_asset, hold = (market.quote, value) if buy else (market.base, amount)
-        balances = self._lock_balances(connection, (market.base, market.quote))
+        if balances is None:
+            balances = self._lock_balances(connection, (market.base, market.quote))
         available = balances[hold_asset].free
         if available < hold:
             raise ExchangeRejectedError(
@@ -828,6 +832,24 @@ class PaperConnector(Connector):
             return self._same_order(existing, order)
         self._write_balances(connection, balances)
         return self._view(row)
+
+    def _balances_if_nothing_rests(self, connection: Connection,
+                                   market: Market) -> dict[str, _Balance] | None:
+        """SQLite: the balances of ``market``'s assets and whether the account has an order
+        resting on it, in one statement; the balances when none rests (the resting-order
+        scan is then skipped), else None. Exact: SQLite has one writer at a time, and this
+        transaction is it. None on PostgreSQL, where the resting orders are locked before
+        the balances (the order every operation of the book locks them in), and when a
+        balance row does not exist yet.
+        """
+        if connection.dialect.name != "sqlite":
+            return None
+        wanted = sorted({market.base, market.quote})
+        rows = connection.execute(_BALANCES_UNLESS_RESTING, {
+            "account": self.account, "assets": wanted, "symbol": market.symbol}).all()
+        if len(rows) < len(wanted) or any(row.resting for row in rows):
+            return None
+        return {row.asset: _Balance(row.asset, row.free, row.locked) for row in rows}
 
     def _insert_order(self, connection: Connection, row: _Order) -> bool:
         """Insert ``row``; False when its client order id is already used (nothing written)."""
@@ -1043,6 +1065,19 @@ _LOCK_BALANCES = (
            _BALANCES.c.asset.in_(bindparam("assets", expanding=True)))
     .order_by(_BALANCES.c.asset)
     .with_for_update()
+)
+_RESTING = (
+    select(_ORDERS.c.id)
+    .where(_ORDERS.c.account == bindparam("account"),
+           _ORDERS.c.status == OrderStatus.OPEN.value,
+           _ORDERS.c.symbol == bindparam("symbol"))
+    .exists()
+)
+_BALANCES_UNLESS_RESTING = (
+    select(_BALANCES.c.asset, _BALANCES.c.free, _BALANCES.c.locked, _RESTING.label("resting"))
+    .where(_BALANCES.c.account == bindparam("account"),
+           _BALANCES.c.asset.in_(bindparam("assets", expanding=True)))
+    .order_by(_BALANCES.c.asset)
 )
 _UPDATE_BALANCE = (
     update(_BALANCES)
