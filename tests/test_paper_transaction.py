@@ -230,6 +230,34 @@ async def test_a_fault_in_the_middle_rolls_back_book_and_row(db_url: str) -> Non
     assert book(db_url, account)[0] == 2
 
 
+async def test_a_fault_in_the_middle_on_an_async_session(db_url: str) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from bagbot_core.db import get_async_engine
+
+    account = f"tx-{uuid.uuid4().hex[:10]}"
+    router = paper_router(account)
+    engine = get_async_engine(db_url)
+    try:
+        async with async_sessionmaker(engine, expire_on_commit=False)() as db:
+            await router.route_order("paper", BUY, db, "u1")
+            before = book(db_url, account)
+            _install_fault(db_url)
+            try:
+                with pytest.raises(ExchangeUnavailableError, match="nothing was placed"):
+                    await router.route_order("paper", BUY, db, "u1")
+            finally:
+                _remove_fault(db_url)
+            assert book(db_url, account) == before
+            order = await router.route_order("paper", BUY, db, "u1")
+            assert order.status == OrderStatus.FILLED and order.filled_qty == D("0.01")
+    finally:
+        await router.aclose()
+        await engine.dispose()
+    assert [row.status for row in order_rows(db_url)] == ["filled", "rejected", "filled"]
+    assert book(db_url, account)[0] == 2
+
+
 async def test_the_ordinary_path_when_the_book_is_in_another_database(
         db_url: str, tmp_path: Any) -> None:
     other_url = f"sqlite:///{tmp_path}/book.db"
