@@ -13,6 +13,11 @@ The flow, and why it is ordered this way:
 5. send it, tagged with that client order id;
 6. record the exchange's answer and commit.
 
+A connector whose book is in the router's own database (the built-in paper exchange, see
+:meth:`Router._submit_in_transaction`) skips the commit of step 4: steps 5 and 6 run in the
+same transaction and one commit writes the row, the book and the answer together, so there
+is no moment where the book has an order bagbot has no row for.
+
 A definite refusal at any step leaves a ``rejected`` row and raises. A failure after step 5
 started -- timeout, dropped connection, crash -- leaves ``pending``/``unknown``, never
 ``rejected``: the exchange may have the order, and :meth:`Router.reconcile` asks it by
@@ -492,8 +497,11 @@ class Router:
                          user_id=user_id, order=request)
             inputs = await self._prepare(connector, log, connector_name, user_id,
                                          row["testnet"], request)
+            # A book in this very database: the order is placed in the row's transaction.
+            shared = _shares_transaction(connector, runner)
             # The atomic step: the user's lock, every check, the pending row, one commit.
-            prepared, order = await self._checked_insert(runner, log, connector, inputs, row)
+            prepared, order = await self._checked_insert(runner, log, connector, inputs, row,
+                                                         commit=not shared)
         except store.ClientOrderIdTaken:
             # A concurrent call with the same idempotency key won the insert.
             existing = await runner.run(store.get_by_client_order_id, client_order_id)
@@ -509,6 +517,9 @@ class Router:
             return await self._reject_before_send(runner, log, row, bagbot_error, error)
         log = log.bind(order_id=order.id)
         log.info("pending_written")
+        if shared:
+            return await self._submit_in_transaction(runner, log, connector, order, prepared,
+                                                     row)
         return await self._submit(runner, log, connector, order, prepared)
 
     async def _prepare(
@@ -541,7 +552,7 @@ class Router:
 
     async def _checked_insert(
         self, runner: _Db, log: Any, connector: Connector, inputs: _Inputs,
-        row: dict[str, Any],
+        row: dict[str, Any], *, commit: bool = True,
     ) -> tuple[OrderRequest, Order]:
         """The atomic per-user step: lock, every check, the ``pending`` row, commit.
 
@@ -555,6 +566,9 @@ class Router:
         :raises RiskCheckError, ExchangeRejectedError: refused; nothing was written.
         :raises store.ClientOrderIdTaken: a concurrent call with the same idempotency key.
         :raises _DatabaseFailed: the database failed taking the lock or writing the row.
+
+        ``commit=False``: the ``pending`` row is written but not committed, and the lock is
+        still held (:meth:`_submit_in_transaction` goes on in the same transaction).
         """
         try:
             try:
@@ -571,7 +585,7 @@ class Router:
                 raise
             row.update(qty=prepared.amount, price=prepared.price, notional_usd=notional)
             try:
-                order = await runner.run(store.insert_order,
+                order = await runner.run(store.insert_order, commit=commit,
                                          status=OrderStatus.PENDING.value, **row)
             except store.ClientOrderIdTaken:
                 raise
@@ -687,6 +701,12 @@ class Router:
             )
             unknown.__cause__ = error
             raise unknown from error
+        return await self._answered(log, order, old, state, decision)
+
+    async def _answered(self, log: Any, order: Order, old: OrderStatus, state: ExchangeOrder,
+                        decision: Any) -> Order:
+        """The exchange's answer is recorded: the events and hooks that follow, the error an
+        inconsistent or rejecting answer raises."""
         log.info("persisted", status=order.status)
         await self._status_changed(log, order, old)
         if isinstance(decision, Inconsistent):
@@ -702,6 +722,93 @@ class Router:
         if self._implemented("bagbot_after_route"):
             self._notify(log, "bagbot_after_route", order=order.view())
         return order
+
+    async def _submit_in_transaction(
+        self, runner: _Db, log: Any, connector: Connector, order: Order, request: OrderRequest,
+        row: dict[str, Any],
+    ) -> Order:
+        """:meth:`_submit` for a connector whose book is in the router's own database (paper):
+        the order is placed, and its answer recorded, in the transaction that holds the
+        user's lock and the uncommitted ``pending`` row; one commit writes them all.
+
+        The write-ahead ``pending`` row exists because a remote exchange may take an order
+        that then goes unrecorded. Here the book and the row commit together or not at all:
+        a crash before the commit leaves neither, after it both. The events are those of
+        :meth:`_submit`, in the same order.
+
+        A refusal of the book leaves the transaction usable: the row is committed
+        ``rejected`` in it, as :meth:`_submit` records a refusal. Any other failure rolls
+        back the book and the row together; nothing was placed, so the call's row is then
+        written ``rejected`` with the error (see :meth:`_rolled_back`).
+        """
+        log.info("submitted")
+        place = connector.create_order_in  # type: ignore[attr-defined]
+        try:
+            state: ExchangeOrder = await runner.run(
+                place, request, connector.exchange_client_id(order.client_order_id))
+        except ExchangeRejectedError as error:
+            message = audit.redact_text(str(error))
+            error.args = (message,)
+            try:
+                await runner.run(store.set_status, order, OrderStatus.REJECTED, reason=message)
+            except BaseException as failure:
+                await self._rolled_back(runner, log, order, row, failure)
+            log.warning("rejected", stage="exchange", reason=message)
+            await self._status_changed(log, order, OrderStatus.PENDING)
+            self._fail(log, order, error)
+        except BaseException as failure:
+            await self._rolled_back(runner, log, order, row, failure)
+        log.info("exchange_answered", status=state.status.value, external_id=state.external_id,
+                 exchange_status=state.raw_status, filled=decimal_text(state.filled_qty))
+        old = OrderStatus(order.status)
+        try:
+            # The one commit of the order: durable (the row, the book and the answer).
+            decision = await runner.run(store.apply_exchange_state, order, state,
+                                        market_buy_tolerance=connector.market_buy_tolerance)
+        except BaseException as failure:
+            await self._rolled_back(runner, log, order, row, failure)
+        return await self._answered(log, order, old, state, decision)
+
+    async def _rolled_back(self, runner: _Db, log: Any, pending: Order, row: dict[str, Any],
+                           failure: BaseException) -> NoReturn:
+        """The one transaction failed: roll back the book and the row, record the call's
+        row ``rejected`` (nothing was placed), raise.
+
+        The error raised is ``failure`` when it is bagbot's (or a cancellation), else an
+        :class:`ExchangeUnavailableError` caused by it: nothing was placed, so a retry is
+        safe. Should the commit have happened after all (a connection lost while it was
+        acknowledged), the row is there: an :class:`OrderStatusUnknownError` says so.
+        """
+        if runner.db.in_transaction():
+            await asyncio.shield(runner.rollback())
+        if pending in runner.db:  # its row is gone (the id may be given again)
+            runner.db.expunge(pending)
+        text = f"{type(failure).__name__}: {audit.redact_text(str(failure))}"
+        reason = (f"nothing was placed: the transaction placing the order on "
+                  f"{row['connector']} failed and was rolled back ({text})")
+        details = {**row.get("details", {}), "stage": "exchange", "rolled_back": True,
+                   "error": type(failure).__name__}
+        log.error("rolled_back", reason=reason)
+        fields = {k: v for k, v in row.items() if k != "details"}
+        try:
+            order = await asyncio.shield(runner.run(
+                store.insert_order, status=OrderStatus.REJECTED.value, reason=reason,
+                details=details, **fields))
+        except store.ClientOrderIdTaken:
+            committed = await runner.run(store.get_by_client_order_id, row["client_order_id"])
+            unknown = OrderStatusUnknownError(
+                f"order {row['client_order_id']} was committed although the database reported "
+                f"a failure ({text}); sync it to see its state")
+            unknown.__cause__ = failure
+            self._fail(log, committed, unknown)
+        log.bind(order_id=order.id).warning("rejected", stage="exchange", reason=reason)
+        if not isinstance(failure, Exception):
+            raise failure  # cancellation / interpreter exit: the row is already written
+        error = failure if isinstance(failure, BagbotError) else ExchangeUnavailableError(
+            f"{row['connector']}: nothing was placed ({text}); safe to retry")
+        if error is not failure:
+            error.__cause__ = failure
+        self._fail(log, order, error)
 
     def _fail(self, log: Any, order: Order | None, error: BagbotError) -> NoReturn:
         error.order = order
@@ -1054,6 +1161,15 @@ class Router:
         if connector is not None:
             self.registry.connector_spec(connector)  # a typo must not halt nothing
         return await _Db(db).run(set_trading_state, state, connector=connector, **kwargs)
+
+
+def _shares_transaction(connector: Connector, runner: _Db) -> bool:
+    """Can ``connector`` place orders in the router's own transaction on ``runner``'s
+    database? A private protocol between the router and the built-in paper exchange
+    (``_shares_transaction(url)`` and ``create_order_in(session, order, client_order_id)``),
+    not part of the connector contract: other connectors never have it."""
+    shares = getattr(connector, "_shares_transaction", None)
+    return shares is not None and bool(shares(runner.url()))
 
 
 async def _ask(connector: Connector, call: Awaitable[T]) -> T:

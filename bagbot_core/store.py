@@ -90,11 +90,13 @@ def storable_value(value: Any) -> Any:
     return value
 
 
-def insert_order(session: Session, **fields: Any) -> Order:
+def insert_order(session: Session, *, commit: bool = True, **fields: Any) -> Order:
     """Insert and commit one row; every text field is made :func:`storable` first.
 
     One Core ``INSERT`` (no unit-of-work flush: the row is new and alone); the returned
-    :class:`Order` is attached to ``session`` as the persistent row it is.
+    :class:`Order` is attached to ``session`` as the persistent row it is. ``commit=False``
+    leaves the transaction open (the caller commits or rolls back; a rollback leaves the
+    object expired, its row gone); a failed insert still rolls it back.
 
     :raises ClientOrderIdTaken: when ``client_order_id`` already exists (nothing written).
     """
@@ -118,10 +120,11 @@ def insert_order(session: Session, **fields: Any) -> Order:
             set_committed_value(order, name, value)
         make_transient_to_detached(order)
         session.add(order)  # persistent: in the identity map, nothing to flush
-        session.commit()
-        if session.expire_on_commit:
-            for name, value in values.items():
-                set_committed_value(order, name, value)
+        if commit:
+            session.commit()
+            if session.expire_on_commit:
+                for name, value in values.items():
+                    set_committed_value(order, name, value)
     except IntegrityError as exc:
         if order in session:
             session.expunge(order)

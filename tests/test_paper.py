@@ -390,26 +390,19 @@ async def test_duplicate_client_order_id_returns_the_existing_order(db_url: str)
     )
 
 
-async def test_losing_a_client_order_id_race_returns_the_winner(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two creates with one client order id: the loser's insert fails, it returns the winner."""
-    paper = make(db_url)
+async def test_losing_a_client_order_id_race_returns_the_winner(db_url: str) -> None:
+    """Creates with one client order id racing from several connectors (threads): one
+    order is placed and charged once; every caller gets that order back."""
+    account = f"acct-{uuid.uuid4().hex[:12]}"
+    papers = [make(db_url, account=account) for _ in range(4)]
+    before = await totals(papers[0])
     coid = cid()
-    winner = await paper.create_order(limit("BTC/USDT", "buy", "0.1", "45000"), coid)
-    balances = await totals(paper)
-    real_find = PaperConnector._find
-    misses = iter([True])
-
-    def racing_find(self: PaperConnector, *args: Any, **kwargs: Any) -> Any:
-        # The first lookup runs "before the winner committed" and sees nothing.
-        return None if next(misses, False) else real_find(self, *args, **kwargs)
-
-    monkeypatch.setattr(PaperConnector, "_find", racing_find)
-    loser = await paper.create_order(limit("BTC/USDT", "buy", "0.1", "45000"), coid)
-    assert loser == winner
-    assert await totals(paper) == balances
-    assert order_rows(db_url, paper.account) == 1
+    answers = await asyncio.gather(*(
+        p.create_order(limit("BTC/USDT", "buy", "0.1", "45000"), coid) for p in papers))
+    assert all(answer == answers[0] for answer in answers)
+    assert order_rows(db_url, account) == 1
+    after = await totals(papers[0])
+    assert after["USDT"] == (before["USDT"][0] - D(4500), before["USDT"][1] + D(4500))
 
 
 async def test_a_failure_mid_transaction_leaves_no_partial_state(

@@ -26,7 +26,10 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     # --entrypoints: installed plugins too (a third-party risk plugin under test).
     registry = PluginRegistry(disabled=(), load_entrypoints=args.entrypoints,
                               plugins=[("scripted", scripted_plugin(exchange))])
-    router = Router(registry, limits=RiskLimits())
+    config = {}
+    if args.connector == "paper":  # one shared paper account, its USDT as given
+        config = {"paper": {"account": args.account, "balances": {"USDT": args.usdt}}}
+    router = Router(registry, limits=RiskLimits(), connector_config=config)
     factory = session_factory(get_engine(args.url))
     errors: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
@@ -43,7 +46,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             if args.keys:
                 payload["client_order_id"] = f"{args.keys}-{i}"
             try:
-                order = await router.route_order("scripted", payload, db, args.user)
+                order = await router.route_order(args.connector, payload, db, args.user)
                 statuses[order.status] += 1
             except RiskCheckError as exc:
                 errors[type(exc).__name__] += 1
@@ -69,5 +72,8 @@ if __name__ == "__main__":
     parser.add_argument("--amount", default="0.01", help="BTC per market buy")
     parser.add_argument("--price", default="", help="limit buys at this price (they rest)")
     parser.add_argument("--entrypoints", action="store_true", help="load installed plugins")
+    parser.add_argument("--connector", default="scripted", help="scripted or paper")
+    parser.add_argument("--account", default="workers", help="the paper account")
+    parser.add_argument("--usdt", default="100000", help="the paper account's starting USDT")
     result = asyncio.run(main(parser.parse_args()))
     json.dump(result, sys.stdout)

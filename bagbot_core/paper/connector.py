@@ -39,11 +39,16 @@ Idempotency
 
 Consistency
     Every operation is one database transaction: balance updates and the order row commit
-    together or not at all. On SQLite the engine starts every transaction with
-    ``BEGIN IMMEDIATE`` (one writer at a time, across processes); on PostgreSQL the rows are
-    locked with ``SELECT ... FOR UPDATE`` (orders by id, then balances by asset), so two
-    processes cannot spend the same balance twice. Database work is short and synchronous;
-    the coroutines call it directly.
+    together or not at all. Routed through bagbot's router on the book's own database, a new
+    order is placed in the router's transaction (:meth:`PaperConnector.create_order_in`):
+    the router's order row, the paper order and the balances commit together. On SQLite the
+    engine starts every transaction with ``BEGIN IMMEDIATE`` (one writer at a time, across
+    processes); on PostgreSQL the rows are locked with ``SELECT ... FOR UPDATE`` (orders by
+    id, then balances by asset), so two processes cannot spend the same balance twice. The
+    statements are Core statements (no unit of work). On SQLite an order on a market where
+    the account has nothing resting reads its balances and that fact in one statement and
+    skips the resting-order scan; on PostgreSQL the scan is one indexed read. Database work
+    is short and synchronous; the coroutines call it directly.
 
 Reference prices belong to the connector instance (defaults + config); they are not stored,
 so a new process starts from the configured prices again.
@@ -61,6 +66,7 @@ Config keys (``ConnectorSettings.config``):
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -74,10 +80,10 @@ from decimal import (
     InvalidOperation,
     Overflow,
 )
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -390,6 +396,7 @@ class PaperConnector(Connector):
         self._database_url = settings.database_url
         self._engine = engine
         self._session_factory: sessionmaker[Session] | None = None
+        self._own_url: str | None = None  # see _shares_transaction
 
     # -- database plumbing ---------------------------------------------------------------
 
@@ -498,13 +505,14 @@ class PaperConnector(Connector):
         self._prices[symbol] = to_decimal(price, "price")
 
         def work(session: Session) -> list[ExchangeOrder]:
-            return [self._view(row) for row in self._fill_crossed(session, [symbol])]
+            return [self._view(row) for row in self._fill_crossed(session.connection(),
+                                                                  [symbol])]
 
         return await self._call(work)
 
     # -- balances ------------------------------------------------------------------------
 
-    def _ensure_balances(self, session: Session, assets: Collection[str]) -> None:
+    def _ensure_balances(self, connection: Connection, assets: Collection[str]) -> None:
         """Create missing balance rows with their starting amounts (race-free)."""
         now = utcnow()
         values = [
@@ -519,49 +527,51 @@ class PaperConnector(Connector):
         ]
         if not values:
             return
-        dialect = session.get_bind().dialect.name
+        dialect = connection.dialect.name
         if dialect == "sqlite":
-            session.execute(sqlite.insert(PaperBalanceRow).values(values).on_conflict_do_nothing())
+            connection.execute(sqlite.insert(_BALANCES).values(values).on_conflict_do_nothing())
         elif dialect == "postgresql":
-            session.execute(
-                postgresql.insert(PaperBalanceRow).values(values).on_conflict_do_nothing()
+            connection.execute(
+                postgresql.insert(_BALANCES).values(values).on_conflict_do_nothing()
             )
         else:  # pragma: no cover - other backends: check, then insert
-            have = set(
-                session.scalars(
-                    select(PaperBalanceRow.asset).where(
-                        PaperBalanceRow.account == self.account,
-                        PaperBalanceRow.asset.in_(list(assets)),
-                    )
-                )
-            )
-            session.add_all(PaperBalanceRow(**v) for v in values if v["asset"] not in have)
-            session.flush()
+            have = set(connection.scalars(
+                select(_BALANCES.c.asset).where(_BALANCES.c.account == self.account,
+                                                _BALANCES.c.asset.in_(list(assets)))))
+            missing = [v for v in values if v["asset"] not in have]
+            if missing:
+                connection.execute(insert(_BALANCES), missing)
 
-    def _lock_balances(self, session: Session, assets: Iterable[str]) -> dict[str, PaperBalanceRow]:
-        """The account's balance rows for ``assets``, locked for update (in asset order)."""
+    def _lock_balances(self, connection: Connection, assets: Iterable[str]) -> dict[str, _Balance]:
+        """The account's balances of ``assets``, locked for update (in asset order)."""
         wanted = sorted(set(assets))
-        query = (select(PaperBalanceRow)
-                 .where(PaperBalanceRow.account == self.account,
-                        PaperBalanceRow.asset.in_(wanted))
-                 .order_by(PaperBalanceRow.asset)
-                 .with_for_update())
-        rows = session.scalars(query).all()
+        params = {"account": self.account, "assets": wanted}
+        rows = connection.execute(_LOCK_BALANCES, params).all()
         if len(rows) < len(wanted):  # first touch of an asset: create it, read again
-            self._ensure_balances(session, wanted)
-            rows = session.scalars(query).all()
-        return {row.asset: row for row in rows}
+            self._ensure_balances(connection, wanted)
+            rows = connection.execute(_LOCK_BALANCES, params).all()
+        return {row.asset: _Balance(row.asset, row.free, row.locked) for row in rows}
+
+    def _write_balances(self, connection: Connection, balances: Mapping[str, _Balance]) -> None:
+        """One ``UPDATE`` (an executemany) for every balance that changed."""
+        now = utcnow()
+        changed = [{"b_account": self.account, "b_asset": b.asset, "free": b.free,
+                    "locked": b.locked, "updated_at": now}
+                   for b in balances.values() if b.changed]
+        if changed:
+            connection.execute(_UPDATE_BALANCE, changed)
 
     async def fetch_balances(self) -> dict[str, PaperBalance]:
         """Every balance of the account (starting balances are created if missing)."""
 
         def work(session: Session) -> dict[str, PaperBalance]:
-            self._fill_crossed(session, None)
-            self._ensure_balances(session, self._starting)
-            rows = session.scalars(
-                select(PaperBalanceRow)
-                .where(PaperBalanceRow.account == self.account)
-                .order_by(PaperBalanceRow.asset)
+            connection = session.connection()
+            self._fill_crossed(connection, None)
+            self._ensure_balances(connection, self._starting)
+            rows = connection.execute(
+                select(_BALANCES.c.asset, _BALANCES.c.free, _BALANCES.c.locked)
+                .where(_BALANCES.c.account == self.account)
+                .order_by(_BALANCES.c.asset)
             ).all()
             return {r.asset: PaperBalance(r.asset, r.free, r.locked) for r in rows}
 
@@ -570,7 +580,7 @@ class PaperConnector(Connector):
     # -- orders --------------------------------------------------------------------------
 
     @staticmethod
-    def _view(row: PaperOrderRow) -> ExchangeOrder:
+    def _view(row: _Order) -> ExchangeOrder:
         return ExchangeOrder(
             external_id=row.exchange_order_id,
             client_order_id=row.client_order_id,
@@ -585,54 +595,70 @@ class PaperConnector(Connector):
 
     def _find(
         self,
-        session: Session,
+        session: Session | Connection,
         external_id: str | None,
         client_order_id: str | None,
         *,
         lock: bool = False,
-    ) -> PaperOrderRow | None:
-        query = select(PaperOrderRow).where(PaperOrderRow.account == self.account)
+    ) -> _Order | None:
+        query = _SELECT_ORDER.where(_ORDERS.c.account == self.account)
         if external_id:
-            query = query.where(PaperOrderRow.exchange_order_id == external_id)
+            query = query.where(_ORDERS.c.exchange_order_id == external_id)
         elif client_order_id:
-            query = query.where(PaperOrderRow.client_order_id == client_order_id)
+            query = query.where(_ORDERS.c.client_order_id == client_order_id)
         else:
             return None
         if lock:
             query = query.with_for_update()
-        return session.scalars(query).one_or_none()
+        connection = session.connection() if isinstance(session, Session) else session
+        row = connection.execute(query).one_or_none()
+        return None if row is None else _Order(**row._mapping)
 
-    def _crosses(self, row: PaperOrderRow) -> bool:
+    def _crosses(self, row: _Order) -> bool:
         paper = self._markets.get(row.symbol)
         if paper is None or not paper.market.active or row.price is None:
             return False
         bid, ask = self._touch(row.symbol)
         return ask <= row.price if row.side == Side.BUY else bid >= row.price
 
-    def _fill_crossed(self, session: Session, symbols: Sequence[str] | None) -> list[PaperOrderRow]:
-        """Fill (as makers, at their limit) the account's open orders the prices crossed."""
-        query = select(PaperOrderRow).where(
-            PaperOrderRow.account == self.account, PaperOrderRow.status == OrderStatus.OPEN.value
-        )
+    def _fill_crossed(self, connection: Connection,
+                      symbols: Sequence[str] | None) -> list[_Order]:
+        """Fill (as makers, at their limit) the account's open orders the prices crossed.
+
+        One indexed read when the account has no open order on ``symbols`` (the common
+        case): nothing else is read or written then.
+        """
+        query = _SELECT_ORDER.where(_ORDERS.c.account == self.account,
+                                    _ORDERS.c.status == OrderStatus.OPEN.value)
         if symbols is not None:
-            query = query.where(PaperOrderRow.symbol.in_(list(symbols)))
-        rows = session.scalars(query.order_by(PaperOrderRow.id).with_for_update()).all()
-        crossed = [row for row in rows if self._crosses(row)]
+            query = query.where(_ORDERS.c.symbol.in_(list(symbols)))
+        rows = connection.execute(query.order_by(_ORDERS.c.id).with_for_update()).all()
+        if not rows:
+            return []
+        crossed = [order for order in (_Order(**row._mapping) for row in rows)
+                   if self._crosses(order)]
         if not crossed:
             return []
         assets: set[str] = set()
-        for row in crossed:
-            market = self._markets[row.symbol].market
+        for order in crossed:
+            market = self._markets[order.symbol].market
             assets.update((market.base, market.quote))
-        balances = self._lock_balances(session, assets)
-        for row in crossed:
-            assert row.price is not None
-            self._apply_fill(row, balances, row.price)
-        session.flush()
+        balances = self._lock_balances(connection, assets)
+        for order in crossed:
+            assert order.price is not None
+            self._apply_fill(order, balances, order.price)
+        self._write_balances(connection, balances)
+        connection.execute(_UPDATE_ORDER, [self._order_changes(order) for order in crossed])
         return crossed
 
+    @staticmethod
+    def _order_changes(order: _Order) -> dict[str, Any]:
+        return {"o_id": order.id, "status": order.status, "filled": order.filled,
+                "avg_price": order.avg_price, "reserved": order.reserved,
+                "closed_at": order.closed_at, "updated_at": order.closed_at or utcnow()}
+
     def _apply_fill(
-        self, row: PaperOrderRow, balances: Mapping[str, PaperBalanceRow], price: Decimal
+        self, row: _Order, balances: Mapping[str, _Balance], price: Decimal
     ) -> None:
         """Fill ``row`` in full at ``price``: move base and quote, release its reservation."""
         market = self._markets[row.symbol].market
@@ -653,13 +679,12 @@ class PaperConnector(Connector):
         receiving.free = _add(receiving.free, get)
         if paying.free < 0 or paying.locked < 0:
             raise AssertionError(f"paper balance of {spend_asset} would go negative")
-        now = utcnow()
+        paying.changed = receiving.changed = True
         row.status = OrderStatus.FILLED.value
         row.filled = row.amount
         row.avg_price = price
         row.reserved = Decimal(0)
-        row.closed_at = now
-        row.updated_at = now
+        row.closed_at = utcnow()
 
     @staticmethod
     def _check_client_order_id(client_order_id: str) -> None:
@@ -671,7 +696,7 @@ class PaperConnector(Connector):
             )
 
     @staticmethod
-    def _same_order(row: PaperOrderRow, order: OrderRequest) -> ExchangeOrder:
+    def _same_order(row: _Order, order: OrderRequest) -> ExchangeOrder:
         same = (
             row.symbol == order.symbol
             and row.side == order.side
@@ -728,11 +753,30 @@ class PaperConnector(Connector):
     def _create_in(
         self, session: Session, order: OrderRequest, client_order_id: str
     ) -> ExchangeOrder:
-        existing = self._find(session, None, client_order_id)
-        if existing is not None:
+        """Place ``order`` in ``session``'s transaction; the caller commits.
+
+        A client order id the account already used returns that order (or refuses a
+        different one), whatever else would refuse the order now.
+        """
+        connection = session.connection()
+        try:
+            return self._place(connection, order, client_order_id)
+        except ExchangeRejectedError:
+            existing = self._find(connection, None, client_order_id)
+            if existing is None:
+                raise
             return self._same_order(existing, order)
+
+    def _place(
+        self, connection: Connection, order: OrderRequest, client_order_id: str
+    ) -> ExchangeOrder:
+        """Check, then write: every refusal comes before the first write of the order
+        (resting orders the prices crossed and first-touch balance rows may be written
+        before it: legitimate, complete changes of the book)."""
         market, amount, price = self._validated(order)
-        self._fill_crossed(session, [market.symbol])
+        balances = self._balances_if_nothing_rests(connection, market)
+        if balances is None:
+            self._fill_crossed(connection, [market.symbol])
         bid, ask = self._touch(market.symbol)
         buy = order.side == Side.BUY
         touch = ask if buy else bid
@@ -746,15 +790,16 @@ class PaperConnector(Connector):
                 f"order value {value} is below {market.symbol}'s minimum {market.min_cost}"
             )
         hold_asset, hold = (market.quote, value) if buy else (market.base, amount)
-        balances = self._lock_balances(session, (market.base, market.quote))
+        if balances is None:
+            balances = self._lock_balances(connection, (market.base, market.quote))
         available = balances[hold_asset].free
         if available < hold:
             raise ExchangeRejectedError(
                 f"insufficient balance: {order.side} {amount} {market.symbol} needs {hold} "
                 f"{hold_asset}, account {self.account!r} has {available} {hold_asset} free"
             )
-        row = PaperOrderRow(
-            account=self.account,
+        row = _Order(
+            id=0,
             exchange_order_id=f"paper-{uuid.uuid4().hex}",
             client_order_id=client_order_id,
             symbol=market.symbol,
@@ -764,6 +809,8 @@ class PaperConnector(Connector):
             price=price,
             status=OrderStatus.OPEN.value,
             filled=Decimal(0),
+            avg_price=None,
+            reserved_asset=None,
             reserved=Decimal(0),
         )
         if crosses:
@@ -772,11 +819,101 @@ class PaperConnector(Connector):
             paying = balances[hold_asset]
             paying.free = _sub(paying.free, hold)
             paying.locked = _add(paying.locked, hold)
+            paying.changed = True
             row.reserved_asset = hold_asset
             row.reserved = hold
-        session.add(row)
-        session.flush()
+        # The order first: a client order id already used (a concurrent create that
+        # committed first) inserts nothing, and then no balance moves either.
+        if not self._insert_order(connection, row):
+            existing = self._find(connection, None, client_order_id)
+            if existing is None:
+                raise ExchangeUnavailableError(
+                    f"paper exchange could not store order {client_order_id!r}")
+            return self._same_order(existing, order)
+        self._write_balances(connection, balances)
         return self._view(row)
+
+    def _balances_if_nothing_rests(self, connection: Connection,
+                                   market: Market) -> dict[str, _Balance] | None:
+        """SQLite: the balances of ``market``'s assets and whether the account has an order
+        resting on it, in one statement; the balances when none rests (the resting-order
+        scan is then skipped), else None. Exact: SQLite has one writer at a time, and this
+        transaction is it. None on PostgreSQL, where the resting orders are locked before
+        the balances (the order every operation of the book locks them in), and when a
+        balance row does not exist yet.
+        """
+        if connection.dialect.name != "sqlite":
+            return None
+        wanted = sorted({market.base, market.quote})
+        rows = connection.execute(_BALANCES_UNLESS_RESTING, {
+            "account": self.account, "assets": wanted, "symbol": market.symbol}).all()
+        if len(rows) < len(wanted) or any(row.resting for row in rows):
+            return None
+        return {row.asset: _Balance(row.asset, row.free, row.locked) for row in rows}
+
+    def _insert_order(self, connection: Connection, row: _Order) -> bool:
+        """Insert ``row``; False when its client order id is already used (nothing written)."""
+        now = utcnow()
+        values = {
+            "account": self.account, "exchange_order_id": row.exchange_order_id,
+            "client_order_id": row.client_order_id, "symbol": row.symbol, "side": row.side,
+            "order_type": row.order_type, "amount": row.amount, "price": row.price,
+            "status": row.status, "filled": row.filled, "avg_price": row.avg_price,
+            "reserved_asset": row.reserved_asset, "reserved": row.reserved,
+            "created_at": now, "updated_at": now, "closed_at": row.closed_at,
+        }
+        dialect = connection.dialect.name
+        if dialect == "sqlite":
+            statement: Any = _INSERT_ORDER_SQLITE
+        elif dialect == "postgresql":
+            statement = _INSERT_ORDER_POSTGRESQL
+        else:  # pragma: no cover - other backends: check, then insert
+            if self._find(connection, None, row.client_order_id) is not None:
+                return False
+            statement = insert(_ORDERS).returning(_ORDERS.c.id)
+        return connection.execute(statement, values).first() is not None
+
+    # -- placing an order in the router's own transaction (private to bagbot) -------------
+
+    def _shares_transaction(self, url: str | None) -> bool:
+        """May the router place orders through :meth:`create_order_in`, in the transaction
+        that writes its order row, on the database at ``url`` (a synchronous URL)?
+
+        Only when the book is in that same database (not an in-memory SQLite one: two
+        engines would each have their own) and ``create_order`` is this class's own: a
+        subclass or a wrapper that changes what creating an order does keeps the ordinary
+        path, where :meth:`create_order` is called.
+        """
+        if url is None or "create_order" in vars(self):
+            return False
+        if type(self).create_order is not PaperConnector.create_order:
+            return False
+        if self._own_url is None:
+            from bagbot_core.db import sync_url
+
+            if self._engine is not None:
+                own = self._engine.url
+            else:
+                own = parse_url(database_url(self._database_url))
+            memory = own.get_backend_name() == "sqlite" and own.database in (None, "",
+                                                                              ":memory:")
+            self._own_url = "" if memory else sync_url(own.render_as_string(hide_password=False))
+        return bool(self._own_url) and self._own_url == url
+
+    def create_order_in(
+        self, session: Session, order: OrderRequest, client_order_id: str
+    ) -> ExchangeOrder:
+        """:meth:`create_order` inside ``session``'s open transaction, which must be on the
+        book's database; it is neither committed nor rolled back here.
+
+        The router uses it to place a paper order, record the order row and commit both
+        at once. An :class:`ExchangeRejectedError` leaves the transaction usable (nothing
+        of the order was written); any other exception leaves the book half-written: the
+        caller must roll back.
+        """
+        self._check_client_order_id(client_order_id)
+        params_to_send(order, self.allowed_params, connector=self.name or "paper")
+        return self._create_in(session, order, client_order_id)
 
     async def create_order(self, order: OrderRequest, client_order_id: str) -> ExchangeOrder:
         """Place ``order``; see the module docstring for fills, funds and idempotency.
@@ -820,9 +957,10 @@ class PaperConnector(Connector):
         """
 
         def work(session: Session) -> ExchangeOrder:
+            connection = session.connection()
             if symbol in self._markets:
-                self._fill_crossed(session, [symbol])
-            row = self._find(session, external_id, client_order_id)
+                self._fill_crossed(connection, [symbol])
+            row = self._find(connection, external_id, client_order_id)
             if row is None or row.symbol != symbol:
                 raise self._not_found(symbol, external_id, client_order_id)
             return self._view(row)
@@ -833,14 +971,16 @@ class PaperConnector(Connector):
         """The account's resting orders, oldest first (optionally for one symbol)."""
 
         def work(session: Session) -> list[ExchangeOrder]:
-            self._fill_crossed(session, None if symbol is None else [symbol])
-            query = select(PaperOrderRow).where(
-                PaperOrderRow.account == self.account,
-                PaperOrderRow.status == OrderStatus.OPEN.value,
+            connection = session.connection()
+            self._fill_crossed(connection, None if symbol is None else [symbol])
+            query = _SELECT_ORDER.where(
+                _ORDERS.c.account == self.account,
+                _ORDERS.c.status == OrderStatus.OPEN.value,
             )
             if symbol is not None:
-                query = query.where(PaperOrderRow.symbol == symbol)
-            return [self._view(r) for r in session.scalars(query.order_by(PaperOrderRow.id))]
+                query = query.where(_ORDERS.c.symbol == symbol)
+            rows = connection.execute(query.order_by(_ORDERS.c.id))
+            return [self._view(_Order(**r._mapping)) for r in rows]
 
         return await self._call(work)
 
@@ -854,9 +994,10 @@ class PaperConnector(Connector):
         """
 
         def work(session: Session) -> ExchangeOrder:
+            connection = session.connection()
             if symbol in self._markets:
-                self._fill_crossed(session, [symbol])
-            row = self._find(session, external_id, client_order_id, lock=True)
+                self._fill_crossed(connection, [symbol])
+            row = self._find(connection, external_id, client_order_id, lock=True)
             if row is None or row.symbol != symbol:
                 raise self._not_found(symbol, external_id, client_order_id)
             if row.status != OrderStatus.OPEN.value:
@@ -866,15 +1007,94 @@ class PaperConnector(Connector):
                 )
             if row.reserved:
                 assert row.reserved_asset is not None
-                paying = self._lock_balances(session, [row.reserved_asset])[row.reserved_asset]
+                balances = self._lock_balances(connection, [row.reserved_asset])
+                paying = balances[row.reserved_asset]
                 paying.locked = _sub(paying.locked, row.reserved)
                 paying.free = _add(paying.free, row.reserved)
-            now = utcnow()
+                paying.changed = True
+                self._write_balances(connection, balances)
             row.status = OrderStatus.CANCELED.value
             row.reserved = Decimal(0)
-            row.closed_at = now
-            row.updated_at = now
-            session.flush()
+            row.closed_at = utcnow()
+            connection.execute(_UPDATE_ORDER, [self._order_changes(row)])
             return self._view(row)
 
         return await self._call(work)
+
+
+# ---------------------------------------------------------------------------
+# The book's statements (Core: built once, no unit of work)
+# ---------------------------------------------------------------------------
+
+
+@attrs.define
+class _Balance:
+    """One balance row as read under its lock; ``changed`` once it must be written."""
+
+    asset: str
+    free: Decimal
+    locked: Decimal
+    changed: bool = False
+
+
+@attrs.define
+class _Order:
+    """One ``paper_orders`` row's fields the book reads and writes."""
+
+    id: int
+    exchange_order_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    order_type: str
+    amount: Decimal
+    price: Decimal | None
+    status: str
+    filled: Decimal
+    avg_price: Decimal | None
+    reserved_asset: str | None
+    reserved: Decimal
+    closed_at: dt.datetime | None = None
+
+
+_BALANCES = cast(Table, PaperBalanceRow.__table__)
+_ORDERS = cast(Table, PaperOrderRow.__table__)
+_LOCK_BALANCES = (
+    select(_BALANCES.c.asset, _BALANCES.c.free, _BALANCES.c.locked)
+    .where(_BALANCES.c.account == bindparam("account"),
+           _BALANCES.c.asset.in_(bindparam("assets", expanding=True)))
+    .order_by(_BALANCES.c.asset)
+    .with_for_update()
+)
+_RESTING = (
+    select(_ORDERS.c.id)
+    .where(_ORDERS.c.account == bindparam("account"),
+           _ORDERS.c.status == OrderStatus.OPEN.value,
+           _ORDERS.c.symbol == bindparam("symbol"))
+    .exists()
+)
+_BALANCES_UNLESS_RESTING = (
+    select(_BALANCES.c.asset, _BALANCES.c.free, _BALANCES.c.locked, _RESTING.label("resting"))
+    .where(_BALANCES.c.account == bindparam("account"),
+           _BALANCES.c.asset.in_(bindparam("assets", expanding=True)))
+    .order_by(_BALANCES.c.asset)
+)
+_UPDATE_BALANCE = (
+    update(_BALANCES)
+    .where(_BALANCES.c.account == bindparam("b_account"),
+           _BALANCES.c.asset == bindparam("b_asset"))
+    .values(free=bindparam("free"), locked=bindparam("locked"),
+            updated_at=bindparam("updated_at"))
+)
+_SELECT_ORDER = select(*(_ORDERS.c[field.name] for field in attrs.fields(_Order)))
+_UPDATE_ORDER = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("o_id"))
+    .values(status=bindparam("status"), filled=bindparam("filled"),
+            avg_price=bindparam("avg_price"), reserved=bindparam("reserved"),
+            closed_at=bindparam("closed_at"), updated_at=bindparam("updated_at"))
+)
+# RETURNING: a row back means it was inserted (rowcount is not reliable here).
+_INSERT_ORDER_SQLITE = sqlite.insert(_ORDERS).on_conflict_do_nothing().returning(_ORDERS.c.id)
+_INSERT_ORDER_POSTGRESQL = (postgresql.insert(_ORDERS).on_conflict_do_nothing()
+                            .returning(_ORDERS.c.id))
