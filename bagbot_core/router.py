@@ -127,13 +127,26 @@ class _Db:
             return fn(self.db, *args, **kwargs)
 
         def call(session: Any) -> T:
-            result = fn(session, *args, **kwargs)
-            # Load what the commit expired while still inside the greenlet: plain attribute
-            # access on an expired row outside it would fail.
-            touched = [*args, *(result if isinstance(result, list) else [result])]
-            for item in touched:
-                if isinstance(item, Order) and sa_inspect(item).expired_attributes:
-                    session.refresh(item)
+            # A commit here must not expire what the caller holds: outside the greenlet an
+            # expired attribute cannot load, and loading it here would open a transaction
+            # (on SQLite, the write lock) that nothing would end.
+            expire = session.expire_on_commit
+            session.expire_on_commit = False
+            try:
+                result = fn(session, *args, **kwargs)
+                # A row expired before this call (by the caller's own commit) is loaded
+                # while still inside the greenlet, and the read ended.
+                touched = [*args, *(result if isinstance(result, list) else [result])]
+                stale = [item for item in touched
+                         if isinstance(item, Order) and sa_inspect(item).expired_attributes]
+                if stale:
+                    opened = not session.in_transaction()
+                    for item in stale:
+                        session.refresh(item)
+                    if opened:
+                        session.commit()
+            finally:
+                session.expire_on_commit = expire
             return result
 
         return await self.db.run_sync(call)  # type: ignore[no-any-return]
