@@ -16,8 +16,9 @@ this module, for a SQLite file:
    commit made before it started. The flush runs in a worker thread: an event loop never
    blocks on the disk.
 
-Why one ``fsync`` of the ``-wal`` file is enough: ``fsync`` works on the file (the inode),
-so any descriptor flushes the frames SQLite wrote through its own. The file is opened by
+Why one ``fdatasync`` of the ``-wal`` file is enough (SQLite flushes it the same way): it
+works on the file (the inode), so any descriptor flushes the frames SQLite wrote through
+its own. The file is opened by
 path for every flush, so a WAL that SQLite deleted and created again is never missed. It
 can only have been reset or deleted after a checkpoint copied every committed frame into
 the database file and, at ``synchronous=NORMAL`` or ``FULL``, synced that file: a missing
@@ -202,7 +203,7 @@ class Flusher:
             _fsync_path(self.database)
             return
         try:
-            os.fsync(fd)
+            _datasync(fd)
             stat = os.fstat(fd)
         finally:
             os.close(fd)
@@ -243,10 +244,19 @@ def _settle(round_: _Round) -> None:
             loop.call_soon_threadsafe(_resolve, future, round_.error)
 
 
+def _datasync(fd: int) -> None:
+    """``fdatasync`` where there is one, as SQLite flushes its files: the data and what is
+    needed to read it back (the size), not the modification time."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS, Windows
+        os.fsync(fd)
+
+
 def _fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        os.fsync(fd)
+        _datasync(fd)
     finally:
         os.close(fd)
 
@@ -254,7 +264,11 @@ def _fsync_path(path: str) -> None:
 def _fsync_directory(path: str) -> None:
     """Flush a directory's entries; like SQLite, a file system that cannot is not an error."""
     with contextlib.suppress(OSError):
-        _fsync_path(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # -- the flushers of the process -----------------------------------------------------------

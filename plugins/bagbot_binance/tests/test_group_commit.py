@@ -3,7 +3,7 @@
 
 The server checks it when an order arrives: the row must be readable through a connection
 of its own (committed), and a flush of the ``-wal`` file that started once the row was
-readable must have ended (durable). Flushes are observed by wrapping ``os.fsync`` in the test.
+readable must have ended (durable). Flushes are observed by wrapping ``os.fdatasync`` in the test.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Durability:
         self.path = path
         self.durable: set[str] = set()
         self.flushes = 0
-        real = os.fsync
+        real = os.fdatasync
 
         def fsync(fd: int) -> None:
             try:
@@ -63,7 +63,7 @@ class Durability:
             self.durable |= seen
             self.flushes += 1
 
-        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fsync)
 
     def committed(self) -> set[str]:
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
