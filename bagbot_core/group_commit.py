@@ -284,7 +284,7 @@ def _executor() -> ThreadPoolExecutor:
     if _pool is None:
         with _lock:
             if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bagbot-flush")
+                _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bagbot-flush")
     return _pool
 
 
