@@ -467,3 +467,18 @@ async def test_postgres_is_left_to_the_server(
         assert flusher is None
     else:
         assert flusher is not None and flusher.waits == 1
+
+
+def test_the_service_answers_a_failed_flush_with_503_and_sends_nothing(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_service_api import assert_error, running
+
+    with running(sqlite_url) as api:
+        log = FsyncLog(monkeypatch, _path(sqlite_url))
+        log.fail = OSError(errno.EIO, "Input/output error")
+        with api.client(api.token("alice")) as client:
+            response = client.post("/v1/orders", json={**MARKET_BUY, "connector": "scripted"})
+        assert_error(response, 503, "DatabaseUnavailable")
+        assert api.exchange.create_calls == 0
+        [row] = api.rows()
+        assert row.status == "rejected" and "nothing was sent" in (row.reason or "")
