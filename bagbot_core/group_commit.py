@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -173,13 +174,17 @@ class Flusher:
         (a worker thread), else in a worker (a caller's thread, which must return)."""
         while round_ is not None:
             error: OSError | None = None
+            interrupted: BaseException | None = None
             try:
                 self._sync()
             except OSError as exc:
                 error = exc
+            except BaseException as exc:  # e.g. KeyboardInterrupt: its waiters must not hang
+                interrupted = exc
+                error = OSError(errno.EINTR, f"the flush was interrupted ({type(exc).__name__})")
             with self._cond:
                 self.flushes += 1
-                if error is not None and self._failed is None:
+                if error is not None and interrupted is None and self._failed is None:
                     self._failed = error
                 round_.error, round_.done = error, True
                 finished = [round_]
@@ -191,6 +196,10 @@ class Flusher:
                 self._cond.notify_all()
             for done in finished:
                 _settle(done)
+            if interrupted is not None:
+                if round_ is not None:
+                    self._start(round_)
+                raise interrupted
             if round_ is not None and not chain:
                 self._start(round_)
                 return
@@ -336,4 +345,5 @@ def _after_fork() -> None:
     reset()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork)

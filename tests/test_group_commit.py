@@ -216,6 +216,27 @@ async def test_a_failed_flush_fails_each_of_its_waiters_and_every_later_one(
     assert flusher.flushes == 1
 
 
+def test_an_interrupted_flush_leaves_no_waiter_hanging(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    get_engine(sqlite_url)
+    path = _path(sqlite_url)
+    real = os.fdatasync
+    calls: list[int] = []
+
+    def interrupted_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", interrupted_once)
+    flusher = group_commit.flusher(path)
+    with pytest.raises(KeyboardInterrupt):
+        flusher.wait()
+    flusher.wait()  # not a disk failure: the next flush runs and succeeds
+    assert flusher.flushes == 2
+
+
 def test_a_database_that_is_not_there_fails_the_flush(tmp_path: Path) -> None:
     flusher = group_commit.flusher(str(tmp_path / "no-such-dir" / "bagbot.db"))
     with pytest.raises(FileNotFoundError):
