@@ -9,7 +9,9 @@ The flow, and why it is ordered this way:
    market, check again;
 4. write the ``pending`` row with a fresh ``client_order_id`` and **commit**, which releases
    the lock -- no other process routed for the user in between, and the order exists in our
-   database before it can exist on the exchange;
+   database before it can exist on the exchange (on a SQLite file the commit does not wait
+   for the disk: the order then waits for a flush it shares with the process's concurrent
+   orders, :mod:`bagbot_core.group_commit`, and is sent only once its row is on disk);
 5. send it, tagged with that client order id;
 6. record the exchange's answer and commit.
 
@@ -36,8 +38,10 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import OperationalError
 
 from bagbot_core import audit, store
+from bagbot_core import group_commit as _group_commit
 from bagbot_core.connector import Connector, ConnectorSettings
 from bagbot_core.connector_config import (
     check_connector_config,
@@ -184,6 +188,13 @@ class _Db:
 _bind_urls: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
+def _flusher(runner: _Db) -> _group_commit.Flusher | None:
+    """The group flusher of the session's SQLite file; ``None`` for any other database:
+    the pending row then commits with its own flush (PostgreSQL's server group-commits)."""
+    url = runner.url()
+    return _group_commit.for_url(url) if url is not None else None
+
+
 _USER_ID_RULE = "user_id must be a non-empty string of at most 128 printable characters"
 
 
@@ -259,6 +270,9 @@ class Router:
         ``BAGBOT_SKIP_RISK_CHECKS``. Every order routed meanwhile logs a
         ``risk_checks_bypassed`` warning and its row's ``details["risk_checks_skipped"]``
         lists them. ``"all"`` means every check loaded when the router is built.
+    :param group_commit: on a SQLite file, let concurrent orders share the ``pending``
+        row's disk flush (:mod:`bagbot_core.group_commit`); default reads
+        ``BAGBOT_GROUP_COMMIT`` (on unless set false).
     :param risk_config: every risk limit per user, connector and symbol; default
         :meth:`RiskConfig.load() <bagbot_core.risk_config.RiskConfig.load>` (the config
         file, the seed's environment variables, the defaults).
@@ -276,6 +290,7 @@ class Router:
         reconcile_grace: dt.timedelta = DEFAULT_RECONCILE_GRACE,
         skip_risk_checks: str | Iterable[str] | None = None,
         risk_config: RiskConfig | None = None,
+        group_commit: bool | None = None,
     ) -> None:
         self.registry = registry if registry is not None else PluginRegistry()
         risk = risk_config if risk_config is not None else RiskConfig.load()
@@ -295,6 +310,8 @@ class Router:
         for config in self.connector_config.values():
             _register_secrets(config)
         self._allow_live = allow_live
+        #: Whether a SQLite file's ``pending`` rows share their disk flush.
+        self.group_commit = _group_commit.enabled() if group_commit is None else group_commit
         self.reconcile_grace = reconcile_grace
         self._connectors: dict[tuple[Any, ...], Connector] = {}
         self._connector_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
@@ -512,9 +529,12 @@ class Router:
                                          row["testnet"], request)
             # A book in this very database: the order is placed in the row's transaction.
             shared = _shares_transaction(connector, runner)
+            # Otherwise, on a SQLite file, the pending row's disk flush is shared.
+            flusher = _flusher(runner) if self.group_commit and not shared else None
             # The atomic step: the user's lock, every check, the pending row, one commit.
             prepared, order = await self._checked_insert(runner, log, connector, inputs, row,
-                                                         commit=not shared)
+                                                         commit=not shared,
+                                                         relaxed=flusher is not None)
         except store.ClientOrderIdTaken:
             # A concurrent call with the same idempotency key won the insert.
             existing = await runner.run(store.get_by_client_order_id, client_order_id)
@@ -529,11 +549,50 @@ class Router:
             )
             return await self._reject_before_send(runner, log, row, bagbot_error, error)
         log = log.bind(order_id=order.id)
+        if flusher is not None:  # nothing is sent before the row is on disk
+            await self._flushed(runner, log, order, flusher)
         log.info("pending_written")
         if shared:
             return await self._submit_in_transaction(runner, log, connector, order, prepared,
                                                      row)
         return await self._submit(runner, log, connector, order, prepared)
+
+    async def _flushed(self, runner: _Db, log: Any, order: Order,
+                       flusher: _group_commit.Flusher) -> None:
+        """Wait for a disk flush that covers the pending row's commit: shared with the
+        process's concurrent orders (an ``AsyncSession``'s in other coroutines, a
+        ``Session``'s in other threads).
+
+        The flush failing (or the wait being cancelled) means nothing is sent: the row
+        becomes ``rejected`` (if that write fails too, it stays ``pending`` and reconcile
+        rejects it) and the failure is raised as the database's, an ``OperationalError``,
+        as when SQLite's own flush fails inside a commit.
+        """
+        try:
+            if runner.is_async:
+                await flusher.wait_async()  # the flush runs in a worker thread
+            else:  # like the session's own statements: blocks the caller (leads inline)
+                flusher.wait()
+            return
+        except OSError as error:
+            failure: BaseException = error
+            reason = (f"the pending row could not be flushed to disk ({type(error).__name__}: "
+                      f"{audit.redact_text(str(error))}); nothing was sent")
+        except BaseException as error:  # cancelled while waiting
+            failure, reason = error, "canceled before it was sent; nothing was sent"
+        try:
+            await asyncio.shield(runner.run(
+                store.set_status, order, OrderStatus.REJECTED, reason=reason,
+                details={"stage": "durability", "error": type(failure).__name__}))
+        except Exception as persist_error:
+            log.error("persist_failed", error=persist_error)
+        else:
+            await self._status_changed(log, order, OrderStatus.PENDING)
+        log.error("rejected", stage="durability", reason=reason)
+        if isinstance(failure, OSError):
+            raise OperationalError("fsync of the pending row (group commit)", None,
+                                   failure) from failure
+        raise failure
 
     async def _prepare(
         self, connector: Connector, log: Any, connector_name: str, user_id: str,
@@ -565,7 +624,7 @@ class Router:
 
     async def _checked_insert(
         self, runner: _Db, log: Any, connector: Connector, inputs: _Inputs,
-        row: dict[str, Any], *, commit: bool = True,
+        row: dict[str, Any], *, commit: bool = True, relaxed: bool = False,
     ) -> tuple[OrderRequest, Order]:
         """The atomic per-user step: lock, every check, the ``pending`` row, commit.
 
@@ -582,10 +641,15 @@ class Router:
 
         ``commit=False``: the ``pending`` row is written but not committed, and the lock is
         still held (:meth:`_submit_in_transaction` goes on in the same transaction).
+        ``relaxed``: the transaction commits without waiting for the disk; the caller waits
+        for a group flush (:mod:`bagbot_core.group_commit`) before sending anything.
         """
         try:
             try:
-                await runner.run(lock_user, inputs.user_id)
+                if relaxed:
+                    await runner.run(_group_commit.begin_relaxed, lock_user, inputs.user_id)
+                else:
+                    await runner.run(lock_user, inputs.user_id)
             except Exception as error:
                 raise _DatabaseFailed(error) from error
             # One instant for every check of the order, taken once the lock is held.

@@ -172,6 +172,11 @@ SPECS: tuple[SettingSpec, ...] = (
         "sqlite_busy_timeout_ms", "BAGBOT_SQLITE_BUSY_TIMEOUT_MS", "int", "whole number",
         f"`{DEFAULT_BUSY_TIMEOUT_MS}`", "how long a SQLite writer waits for the lock, in ms"),
     SettingSpec(
+        "group_commit", "BAGBOT_GROUP_COMMIT", "bool", "boolean", "true",
+        "on a SQLite file, an order's `pending` row commits without its own disk flush and "
+        "concurrent orders of the process wait for one shared flush before anything is sent "
+        "(group commit); false: each row's commit flushes the disk itself"),
+    SettingSpec(
         "user", "BAGBOT_USER", "text", "text", "`$USER`, else `cli`",
         "the user the CLI routes and lists orders for (`--user` overrides it)"),
     SettingSpec(
@@ -395,6 +400,7 @@ class Settings:
     log_file: Path | None = None
     log_level: str | None = None
     sqlite_busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    group_commit: bool = True
     user: str | None = None
     service_rate_limit: int | None = None
     service_max_body: int | None = None

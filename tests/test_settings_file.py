@@ -40,6 +40,8 @@ FILE_CASES: list[tuple[str, str, Any]] = [
     ("disable_plugins", '"paper, extra"', frozenset({"paper", "extra"})),
     ("trace_hooks", "true", True),
     ("trace_hooks", '"yes"', True),
+    ("group_commit", "false", False),
+    ("group_commit", '"off"', False),
     ("user", '"desk-1"', "desk-1"),
     ("service_rate_limit", "50", 50),
     ("service_max_body", '"1024"', 1024),

@@ -17,7 +17,11 @@ Three kinds of real processes, none of them the pytest process:
 Kill points (the router is not touched; hooks come from outside it):
 
 ``before_pending``        ``bagbot_before_route`` hook: no row may exist, nothing sent
-``after_pending_commit``  SQLAlchemy ``after_commit`` once the pending row's INSERT ran
+``after_pending_commit``  SQLAlchemy ``after_commit`` once the pending row's INSERT ran;
+                          on SQLite with group commit on (the default) the commit did
+                          not flush the disk: killed before the shared flush
+``before_send``           the connector's ``create_order`` is entered: the row was flushed,
+                          nothing was sent
 ``in_flight``             the request reached the server, which holds it 5 s *before*
                           placing it: the order lands after the client died
 ``after_send``            the server placed the order and holds the answer: the client dies
@@ -54,6 +58,7 @@ import pytest
 POINTS = (
     "before_pending",
     "after_pending_commit",
+    "before_send",
     "after_send",
     "after_answer",
     "before_final_commit",
@@ -192,6 +197,8 @@ def _child(point: str, index: int, url: str, server_url: str, user: str) -> None
 
         async def create_order(self, order: OrderRequest, client_order_id: str
                                ) -> ExchangeOrder:
+            if point == "before_send":
+                _die()
             if point == "after_answer":
                 await super().create_order(order, client_order_id)
                 _die()
@@ -427,6 +434,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 EXPECTED_ON_EXCHANGE = {
     "before_pending": False,
     "after_pending_commit": False,
+    "before_send": False,
     "in_flight": True,
     "after_send": True,
     "after_answer": True,
@@ -468,7 +476,8 @@ def test_killed_at_point_then_reconciled(matrix: Matrix, point: str) -> None:
 def test_first_reconcile_left_young_unknowns_alone(matrix: Matrix) -> None:
     """With the default grace, only rows older than it and unknown to the exchange were
     declared lost; in_flight rows whose request the server still held were left alone."""
-    never_sent = {r.client_order_id for r in matrix.rows["after_pending_commit"]}
+    never_sent = {r.client_order_id for point in ("after_pending_commit", "before_send")
+                  for r in matrix.rows[point]}
     rejected = {o["client_order_id"] for o in matrix.first_reconcile
                 if o["status"] == "rejected"}
     assert rejected <= never_sent
