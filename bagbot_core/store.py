@@ -204,6 +204,9 @@ def list_orders(
     """
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be >= 0")
+    if offset > _MAX_SQL_INTEGER:  # no database takes it, and no table holds that many rows
+        session.commit()
+        return []
     query = select(Order)
     if user_id is not None:
         query = query.where(Order.user_id == user_id)
@@ -222,6 +225,10 @@ def list_orders(
     rows = list(session.scalars(query.limit(min(limit, MAX_PAGE)).offset(offset)))
     session.commit()
     return rows
+
+
+#: The largest integer SQLite and PostgreSQL (``BIGINT``) bind.
+_MAX_SQL_INTEGER = 2**63 - 1
 
 
 def set_status(

@@ -320,6 +320,11 @@ def test_orders_list_pagination(runner: CliRunner, url: str,
     assert "next page: --offset 2" in text
     assert "no orders past offset 6" in ok(run(runner, url, "orders", "list",
                                                 "--offset", "6")).stdout
+    # Past what any database binds (2**63 - 1): still just an empty page, not a crash.
+    for huge in (str(2**63 - 1), str(2**63), "9" * 40):
+        assert ids(run(runner, url, "orders", "list", "--json", "--offset", huge)) == []
+        assert "no orders past offset" in ok(run(runner, url, "orders", "list",
+                                                  "--offset", huge)).stdout
 
 
 @pytest.mark.parametrize(

@@ -296,3 +296,10 @@ async def test_an_async_caller_is_left_outside_any_transaction(
             canceled = await router.cancel_order(db, order)
             assert canceled.status == "canceled"
             assert not inspect(canceled).expired_attributes and not db.in_transaction()
+
+
+@pytest.mark.parametrize("offset", [2**63 - 1, 2**63, 10**40])
+def test_an_offset_past_any_row_is_an_empty_page(db: Session, offset: int) -> None:
+    make(db)
+    assert store.list_orders(db, offset=offset) == []
+    assert not db.in_transaction()
