@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from bagbot_core import positions
+from bagbot_core import notional, positions
 from bagbot_core.db import RELAXED_SYNC
 from bagbot_core.errors import OrderNotFoundError
 from bagbot_core.exchange_state import (
@@ -111,6 +111,7 @@ def insert_order(session: Session, **fields: Any) -> Order:
         assert key is not None
         values["id"] = key[0]
         positions.row_inserted(connection, values)
+        notional.row_inserted(connection, values)
         for key, value in values.items():
             set_committed_value(order, key, value)
         make_transient_to_detached(order)
@@ -274,9 +275,9 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
                 durable: bool) -> None:
     """Write ``changes`` to ``order``'s row and commit (see :func:`commit`).
 
-    One Core ``UPDATE`` by primary key, and the position's change with it, when the session
-    holds nothing else to flush; the unit of work otherwise. The object takes the new values
-    once they are committed.
+    One Core ``UPDATE`` by primary key, and the position's and the notional bucket's change
+    with it, when the session holds nothing else to flush; the unit of work otherwise. The
+    object takes the new values once they are committed.
     """
     if (not changes or order not in session or session.new or session.deleted
             or session.dirty):
@@ -294,6 +295,7 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
         after = positions.signed_fill(changes.get("status", order.status), order.side,
                                       changes.get("filled_qty", order.filled_qty))
         positions.row_changed(connection, order, after - before)
+        notional.row_changed(connection, order, changes)
         session.commit()
     except BaseException:
         if session.in_transaction():

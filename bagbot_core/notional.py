@@ -1,0 +1,224 @@
+"""The ``notional_buckets`` aggregate: each hour's USD value of a user's orders, kept current.
+
+:meth:`bagbot_core.history.History.notional_since` must not fetch and value every row of a
+user's day on every order. Instead every write that inserts, changes or deletes an
+``orders`` row adds the change in what that row is worth
+(:func:`~bagbot_core.history.order_value_usd` after, minus before) to the bucket of the hour
+the row was created in, ``(user, testnet, connector, symbol, hour)``, on the write's own
+connection: the bucket commits, or rolls back, with the row. A window then reads its whole
+hours from the buckets and values only the rows of its first, partial hour.
+
+Exact on both backends, as :mod:`bagbot_core.positions`: PostgreSQL adds NUMERIC values in
+one atomic upsert; SQLite keeps decimals as text, so the sum is done in Python,
+read-modify-write, while the transaction holds the database's write lock (the ``orders``
+write just before it took it). :mod:`bagbot_core.store` writes its rows with Core statements
+and calls :func:`row_inserted` / :func:`row_changed` itself; the ORM events below cover
+every other path (``set_status``, edits); rows written behind the ORM (bulk ``insert``,
+``update`` or ``delete`` statements) are not seen: call :func:`rebuild` after such a write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections import defaultdict
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, event, insert, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, object_session
+
+from bagbot_core.history import order_value_usd
+from bagbot_core.models import NotionalBucket, Order
+from bagbot_core.money import normalize
+
+__all__ = ["hour_of", "rebuild", "row_changed", "row_inserted", "row_value"]
+
+Key = tuple[str, bool, str, str, dt.datetime]  # user_id, testnet, connector, symbol, hour
+
+_EXACT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999, traps=[decimal.Inexact])
+_ZERO = Decimal(0)
+#: Columns that place a row in its bucket: a change of one moves the row's whole value.
+_KEY_COLUMNS = ("user_id", "testnet", "connector", "symbol", "created_at")
+#: Columns a row's value is made of (and ``symbol``, a key column).
+_VALUE_COLUMNS = ("status", "qty", "filled_qty", "avg_price", "notional_usd")
+_REBUILD = "bagbot_notional_rebuild"
+
+
+def hour_of(when: dt.datetime) -> dt.datetime:
+    """The start of ``when``'s UTC hour (``when`` timezone-aware)."""
+    return when.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def row_value(status: str, symbol: str, qty: Decimal, filled: Decimal | None,
+              avg_price: Decimal | None, notional_usd: Decimal | None) -> Decimal:
+    """What one row adds to its bucket: :func:`~bagbot_core.history.order_value_usd`."""
+    return order_value_usd(status, symbol, qty, filled or _ZERO, avg_price, notional_usd)
+
+
+def _key(user_id: str, testnet: bool, connector: str, symbol: str,
+         created_at: dt.datetime) -> Key:
+    return (user_id, bool(testnet), connector, symbol, hour_of(created_at))
+
+
+def _add(connection: Connection, key: Key, delta: Decimal) -> None:
+    """Add ``delta`` to the bucket at ``key``, in ``connection``'s transaction."""
+    user_id, testnet, connector, symbol, hour = key
+    row = {"user_id": user_id, "testnet": testnet, "connector": connector, "symbol": symbol,
+           "hour": hour, "value": delta}
+    if connection.dialect.name == "postgresql":
+        connection.execute(_PG_UPSERT, row)
+        return
+    # No arithmetic in SQL here: SQLite would add the decimal texts as floats.
+    where = {"k_user_id": user_id, "k_testnet": testnet, "k_connector": connector,
+             "k_symbol": symbol, "k_hour": hour}
+    current = connection.scalar(_READ, where)
+    if current is None:
+        connection.execute(_INSERT, row)
+    else:
+        with decimal.localcontext(_EXACT):
+            total = current + delta
+        connection.execute(_UPDATE, {**where, "value": normalize(total)})
+
+
+# Built once, with bound parameters: building the expressions per write costs more than
+# running them.
+_WHERE = (NotionalBucket.user_id == bindparam("k_user_id"),
+          NotionalBucket.testnet == bindparam("k_testnet"),
+          NotionalBucket.hour == bindparam("k_hour"),
+          NotionalBucket.connector == bindparam("k_connector"),
+          NotionalBucket.symbol == bindparam("k_symbol"))
+_READ = select(NotionalBucket.value).where(*_WHERE)
+_INSERT = insert(NotionalBucket)
+_UPDATE = update(NotionalBucket).where(*_WHERE)
+_PG_UPSERT = pg_insert(NotionalBucket).on_conflict_do_update(
+    index_elements=["user_id", "testnet", "hour", "connector", "symbol"],
+    set_={"value": NotionalBucket.value + pg_insert(NotionalBucket).excluded.value})
+
+
+def row_inserted(connection: Connection, values: Mapping[str, Any]) -> None:
+    """What a row inserted behind the ORM (:func:`bagbot_core.store.insert_order`) adds."""
+    value = row_value(values["status"], values["symbol"], values["qty"], values["filled_qty"],
+                      values["avg_price"], values["notional_usd"])
+    if value:
+        _add(connection, _key(values["user_id"], values["testnet"], values["connector"],
+                              values["symbol"], values["created_at"]), value)
+
+
+def row_changed(connection: Connection, order: Order, changes: Mapping[str, Any]) -> None:
+    """``order`` (its committed values) takes ``changes`` in an update behind the ORM
+    (:func:`bagbot_core.store.apply_exchange_state`); no key column changes."""
+    before = row_value(order.status, order.symbol, order.qty, order.filled_qty,
+                       order.avg_price, order.notional_usd)
+    after = row_value(*(changes.get(name, getattr(order, name)) for name in (
+        "status", "symbol", "qty", "filled_qty", "avg_price", "notional_usd")))
+    if before != after:
+        with decimal.localcontext(_EXACT):
+            delta = after - before
+        _add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
+                              order.created_at), delta)
+
+
+def _old(state: Any, name: str) -> Any:
+    """An attribute's value before the pending change (the columns are ``active_history``)."""
+    history = state.attrs[name].history
+    if history.deleted:
+        return history.deleted[0]
+    if history.unchanged:
+        return history.unchanged[0]
+    return getattr(state.obj(), name)
+
+
+def _value_of(order: Order) -> Decimal:
+    return row_value(order.status, order.symbol, order.qty, order.filled_qty,
+                     order.avg_price, order.notional_usd)
+
+
+def _rebuild_pending(order: Order) -> bool:
+    session = object_session(order)
+    return session is not None and bool(session.info.get(_REBUILD))
+
+
+@event.listens_for(Order, "after_insert", propagate=True)
+def _inserted(_mapper: Any, connection: Connection, order: Order) -> None:
+    if _rebuild_pending(order):
+        return
+    value = _value_of(order)
+    if value:
+        _add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
+                              order.created_at), value)
+
+
+@event.listens_for(Order, "after_update", propagate=True)
+def _updated(_mapper: Any, connection: Connection, order: Order) -> None:
+    state = inspect(order)
+    attrs = state.attrs
+    if _rebuild_pending(order):
+        return
+    if any(attrs[name].history.has_changes() for name in _KEY_COLUMNS):
+        # bagbot never moves a row to another user, symbol or hour; if something does, the
+        # old key is not known for sure: recount everything once the flush's statements
+        # have run (exact, and never on a hot path). A flush's events run after all of its
+        # statements, so a recount now would count the flush's other rows twice.
+        session = object_session(order)
+        if session is None:  # pragma: no cover - a flushed object has its session
+            rebuild(connection)
+        else:
+            session.info[_REBUILD] = True
+        return
+    if not any(attrs[name].history.has_changes() for name in _VALUE_COLUMNS):
+        return
+    before = row_value(*(_old(state, name) for name in (
+        "status", "symbol", "qty", "filled_qty", "avg_price", "notional_usd")))
+    after = _value_of(order)
+    if before != after:
+        with decimal.localcontext(_EXACT):
+            delta = after - before
+        _add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
+                              order.created_at), delta)
+
+
+@event.listens_for(Order, "after_delete", propagate=True)
+def _deleted(_mapper: Any, connection: Connection, order: Order) -> None:
+    if _rebuild_pending(order):
+        return
+    state = inspect(order)
+    before = row_value(*(_old(state, name) for name in (
+        "status", "symbol", "qty", "filled_qty", "avg_price", "notional_usd")))
+    if before:
+        _add(connection, _key(_old(state, "user_id"), _old(state, "testnet"),
+                              _old(state, "connector"), _old(state, "symbol"),
+                              _old(state, "created_at")), -before)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: Any) -> None:
+    if session.info.pop(_REBUILD, False):
+        rebuild(session.connection())
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_REBUILD, None)
+
+
+def rebuild(connection: Connection) -> None:
+    """Recount every bucket from ``orders`` (after rows were written behind the ORM), in
+    ``connection``'s transaction."""
+    totals: dict[Key, Decimal] = defaultdict(Decimal)
+    rows = connection.execute(select(
+        Order.user_id, Order.testnet, Order.connector, Order.symbol, Order.created_at,
+        Order.status, Order.qty, Order.filled_qty, Order.avg_price, Order.notional_usd,
+    ).where(Order.status != "rejected"))
+    with decimal.localcontext(_EXACT):
+        for user_id, testnet, connector, symbol, created, status, *money in rows:
+            totals[_key(user_id, testnet, connector, symbol, created)] += row_value(
+                status, symbol, *money)
+    connection.execute(delete(NotionalBucket))
+    rows_out = [{"user_id": u, "testnet": t, "connector": c, "symbol": s, "hour": h,
+                 "value": normalize(v)}
+                for (u, t, c, s, h), v in totals.items() if v]
+    if rows_out:
+        connection.execute(insert(NotionalBucket), rows_out)
