@@ -34,7 +34,8 @@ from bagbot_core.history import order_value_usd
 from bagbot_core.models import NotionalBucket, Order
 from bagbot_core.money import normalize
 
-__all__ = ["hour_of", "rebuild", "row_changed", "row_inserted", "row_value"]
+__all__ = ["PG_BUCKET", "add", "bucket_params", "change_of", "hour_of", "insert_of", "rebuild",
+           "row_changed", "row_inserted", "row_value"]
 
 Key = tuple[str, bool, str, str, dt.datetime]  # user_id, testnet, connector, symbol, hour
 
@@ -63,7 +64,7 @@ def _key(user_id: str, testnet: bool, connector: str, symbol: str,
     return (user_id, bool(testnet), connector, symbol, hour_of(created_at))
 
 
-def _add(connection: Connection, key: Key, delta: Decimal) -> None:
+def add(connection: Connection, key: Key, delta: Decimal) -> None:
     """Add ``delta`` to the bucket at ``key``, in ``connection``'s transaction."""
     user_id, testnet, connector, symbol, hour = key
     row = {"user_id": user_id, "testnet": testnet, "connector": connector, "symbol": symbol,
@@ -93,32 +94,68 @@ _WHERE = (NotionalBucket.user_id == bindparam("k_user_id"),
 _READ = select(NotionalBucket.value).where(*_WHERE)
 _INSERT = insert(NotionalBucket)
 _UPDATE = update(NotionalBucket).where(*_WHERE)
-_PG_UPSERT = pg_insert(NotionalBucket).on_conflict_do_update(
+_UPSERT = pg_insert(NotionalBucket)
+_PG_UPSERT = _UPSERT.on_conflict_do_update(
     index_elements=["user_id", "testnet", "hour", "connector", "symbol"],
-    set_={"value": NotionalBucket.value + pg_insert(NotionalBucket).excluded.value})
+    set_={"value": NotionalBucket.value + _UPSERT.excluded.value})
+#: PostgreSQL: the upsert as a common table expression with parameters ``b_*``
+#: (:func:`bucket_params`), for the store to add to the statement that writes the row
+#: itself: one round trip for both.
+PG_BUCKET = pg_insert(NotionalBucket).values(
+    user_id=bindparam("b_user_id"), testnet=bindparam("b_testnet"), hour=bindparam("b_hour"),
+    connector=bindparam("b_connector"), symbol=bindparam("b_symbol"),
+    value=bindparam("b_value"),
+).on_conflict_do_update(
+    index_elements=["user_id", "testnet", "hour", "connector", "symbol"],
+    set_={"value": NotionalBucket.value + _UPSERT.excluded.value},
+).cte("notional_bucket")
+
+
+def bucket_params(key: Key, delta: Decimal) -> dict[str, Any]:
+    """:data:`PG_BUCKET`'s parameters: add ``delta`` at ``key``."""
+    user_id, testnet, connector, symbol, hour = key
+    return {"b_user_id": user_id, "b_testnet": testnet, "b_connector": connector,
+            "b_symbol": symbol, "b_hour": hour, "b_value": delta}
+
+
+def insert_of(values: Mapping[str, Any]) -> tuple[Key, Decimal] | None:
+    """Where a new row's value goes and what it adds (``None``: nothing)."""
+    value = row_value(values["status"], values["symbol"], values["qty"], values["filled_qty"],
+                      values["avg_price"], values["notional_usd"])
+    if not value:
+        return None
+    return _key(values["user_id"], values["testnet"], values["connector"], values["symbol"],
+                values["created_at"]), value
+
+
+def change_of(order: Order, changes: Mapping[str, Any]) -> tuple[Key, Decimal] | None:
+    """Where ``order``'s value is counted and by how much ``changes`` change it (``order``
+    holds its committed values; no key column changes); ``None``: not at all."""
+    before = row_value(order.status, order.symbol, order.qty, order.filled_qty,
+                       order.avg_price, order.notional_usd)
+    after = row_value(*(changes.get(name, getattr(order, name)) for name in (
+        "status", "symbol", "qty", "filled_qty", "avg_price", "notional_usd")))
+    if before == after:
+        return None
+    with decimal.localcontext(_EXACT):
+        delta = after - before
+    return _key(order.user_id, order.testnet, order.connector, order.symbol,
+                order.created_at), delta
 
 
 def row_inserted(connection: Connection, values: Mapping[str, Any]) -> None:
     """What a row inserted behind the ORM (:func:`bagbot_core.store.insert_order`) adds."""
-    value = row_value(values["status"], values["symbol"], values["qty"], values["filled_qty"],
-                      values["avg_price"], values["notional_usd"])
-    if value:
-        _add(connection, _key(values["user_id"], values["testnet"], values["connector"],
-                              values["symbol"], values["created_at"]), value)
+    bucket = insert_of(values)
+    if bucket is not None:
+        add(connection, *bucket)
 
 
 def row_changed(connection: Connection, order: Order, changes: Mapping[str, Any]) -> None:
     """``order`` (its committed values) takes ``changes`` in an update behind the ORM
     (:func:`bagbot_core.store.apply_exchange_state`); no key column changes."""
-    before = row_value(order.status, order.symbol, order.qty, order.filled_qty,
-                       order.avg_price, order.notional_usd)
-    after = row_value(*(changes.get(name, getattr(order, name)) for name in (
-        "status", "symbol", "qty", "filled_qty", "avg_price", "notional_usd")))
-    if before != after:
-        with decimal.localcontext(_EXACT):
-            delta = after - before
-        _add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
-                              order.created_at), delta)
+    bucket = change_of(order, changes)
+    if bucket is not None:
+        add(connection, *bucket)
 
 
 def _old(state: Any, name: str) -> Any:
@@ -147,7 +184,7 @@ def _inserted(_mapper: Any, connection: Connection, order: Order) -> None:
         return
     value = _value_of(order)
     if value:
-        _add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
+        add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
                               order.created_at), value)
 
 
@@ -176,7 +213,7 @@ def _updated(_mapper: Any, connection: Connection, order: Order) -> None:
     if before != after:
         with decimal.localcontext(_EXACT):
             delta = after - before
-        _add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
+        add(connection, _key(order.user_id, order.testnet, order.connector, order.symbol,
                               order.created_at), delta)
 
 
@@ -188,7 +225,7 @@ def _deleted(_mapper: Any, connection: Connection, order: Order) -> None:
     before = row_value(*(_old(state, name) for name in (
         "status", "symbol", "qty", "filled_qty", "avg_price", "notional_usd")))
     if before:
-        _add(connection, _key(_old(state, "user_id"), _old(state, "testnet"),
+        add(connection, _key(_old(state, "user_id"), _old(state, "testnet"),
                               _old(state, "connector"), _old(state, "symbol"),
                               _old(state, "created_at")), -before)
 

@@ -106,12 +106,20 @@ def insert_order(session: Session, **fields: Any) -> Order:
         values["status"] = OrderStatus.PENDING.value
     try:
         connection = session.connection()
-        result = connection.execute(_INSERT_ORDER, values)
-        key = result.inserted_primary_key
-        assert key is not None
-        values["id"] = key[0]
+        bucket = notional.insert_of(values)
+        if bucket is not None and connection.dialect.name == "postgresql":
+            # The row and its notional bucket in one round trip.
+            values["id"] = connection.execute(
+                _PG_INSERT_ORDER_AND_BUCKET, {**values, **notional.bucket_params(*bucket)},
+            ).scalar_one()
+        else:
+            result = connection.execute(_INSERT_ORDER, values)
+            key = result.inserted_primary_key
+            assert key is not None
+            values["id"] = key[0]
+            if bucket is not None:
+                notional.add(connection, *bucket)
         positions.row_inserted(connection, values)
-        notional.row_inserted(connection, values)
         for key, value in values.items():
             set_committed_value(order, key, value)
         make_transient_to_detached(order)
@@ -139,6 +147,10 @@ _INSERT_DEFAULTS: dict[str, Any] = {
     column.key: None for column in _ORDERS.columns if column.key != "id"}
 _INSERT_DEFAULTS.update(testnet=True, filled_qty=Decimal(0))
 _INSERT_ORDER = insert(_ORDERS)
+_PG_INSERT_ORDER_AND_BUCKET = select(
+    insert(_ORDERS).values({key: bindparam(key) for key in _INSERT_DEFAULTS})
+    .returning(_ORDERS.c.id).cte("inserted_order").c.id,
+).add_cte(notional.PG_BUCKET)
 
 
 def get_order(session: Session, order_id: int) -> Order:
@@ -291,11 +303,18 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
         connection = session.connection()  # begins the transaction, relaxed if asked
         if not durable and connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
-        connection.execute(_UPDATE_ORDER, {"order_id": order.id, **changes})
+        bucket = notional.change_of(order, changes)
+        if bucket is not None and connection.dialect.name == "postgresql":
+            # The row and its notional bucket in one round trip.
+            connection.execute(_PG_UPDATE_ORDER_AND_BUCKET, {
+                "order_id": order.id, **changes, **notional.bucket_params(*bucket)})
+        else:
+            connection.execute(_UPDATE_ORDER, {"order_id": order.id, **changes})
+            if bucket is not None:
+                notional.add(connection, *bucket)
         after = positions.signed_fill(changes.get("status", order.status), order.side,
                                       changes.get("filled_qty", order.filled_qty))
         positions.row_changed(connection, order, after - before)
-        notional.row_changed(connection, order, changes)
         session.commit()
     except BaseException:
         if session.in_transaction():
@@ -309,6 +328,7 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
 
 
 _UPDATE_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("order_id"))
+_PG_UPDATE_ORDER_AND_BUCKET = _UPDATE_ORDER.add_cte(notional.PG_BUCKET)
 
 
 def _storable_answer(state: ExchangeOrder) -> dict[str, str | None]:
