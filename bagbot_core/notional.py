@@ -30,7 +30,9 @@ from sqlalchemy import Connection, bindparam, delete, event, insert, inspect, se
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, object_session
 
-from bagbot_core.history import order_value_usd
+# The module, not the name: history imports models, which imports this module to register
+# its events, so history may still be loading here; order_value_usd is looked up per call.
+from bagbot_core import history
 from bagbot_core.models import NotionalBucket, Order
 from bagbot_core.money import normalize
 
@@ -56,7 +58,8 @@ def hour_of(when: dt.datetime) -> dt.datetime:
 def row_value(status: str, symbol: str, qty: Decimal, filled: Decimal | None,
               avg_price: Decimal | None, notional_usd: Decimal | None) -> Decimal:
     """What one row adds to its bucket: :func:`~bagbot_core.history.order_value_usd`."""
-    return order_value_usd(status, symbol, qty, filled or _ZERO, avg_price, notional_usd)
+    return history.order_value_usd(status, symbol, qty, filled or _ZERO, avg_price,
+                                    notional_usd)
 
 
 def _key(user_id: str, testnet: bool, connector: str, symbol: str,
