@@ -13,12 +13,14 @@ reaches an event by accident still never reaches the log.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -193,14 +195,52 @@ class _SafeWriteLogger(structlog.WriteLogger):
     """
 
     def msg(self, message: str) -> None:
+        pending = _batch.get()
+        if pending is not None:  # written when the batch ends (see batch())
+            pending.append((self, message))
+            return
+        self._write_lines(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+    def _write_lines(self, text: str) -> None:
+        """``text`` (one or more events, without the last newline): one write, one flush."""
         try:
-            super().msg(message)
+            with self._lock:
+                self._write(text + "\n")
+                self._flush()
         except (OSError, ValueError) as exc:
             fallback = sys.__stderr__
             if fallback is not None:
-                fallback.write(f"bagbot audit log write failed ({exc}): {message}\n")
+                fallback.write(f"bagbot audit log write failed ({exc}): {text}\n")
 
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+_batch: contextvars.ContextVar[list[tuple[_SafeWriteLogger, str]] | None] = (
+    contextvars.ContextVar("bagbot_audit_batch", default=None))
+
+
+@contextlib.contextmanager
+def batch() -> Iterator[None]:
+    """Events logged inside the block are written when it ends, together: one write and one
+    flush per stream instead of one per event (the same events, fields and redaction, in
+    the same order). Every one is written and flushed when the block is left, even by an
+    exception, so a block that ends before an order is sent leaves every event on disk
+    before the send. A block inside another one writes with the outer one. For a burst of
+    events with no wait in between (the router's ``risk_check`` events)."""
+    if _batch.get() is not None:
+        yield
+        return
+    pending: list[tuple[_SafeWriteLogger, str]] = []
+    token = _batch.set(pending)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+        streams: dict[int, tuple[_SafeWriteLogger, list[str]]] = {}
+        for logger, message in pending:  # each stream's events in their order
+            streams.setdefault(id(logger._file), (logger, []))[1].append(message)
+        for logger, messages in streams.values():
+            logger._write_lines("\n".join(messages))
 
 
 def _json_fallback(value: Any) -> Any:
@@ -211,8 +251,8 @@ def _json_fallback(value: Any) -> Any:
         return repr(value)
 
 
-# ``json.dumps(event, default=...)`` builds a new encoder on every call (a third of an
-# event's cost); this one is built once and writes the same bytes.
+# ``json.dumps(event, default=...)`` builds a new encoder on every call (about 1 µs of an
+# event's 12); this one is built once and writes the same bytes.
 _JSON_ENCODER = json.JSONEncoder(default=_json_fallback)
 
 

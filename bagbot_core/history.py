@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import Label, TypeCoerce
 
-from bagbot_core.models import Order, Position
+from bagbot_core.models import NotionalBucket, Order, Position
 from bagbot_core.money import MAX_SCALE, normalize
 from bagbot_core.orders import OrderRequest, Side
 from bagbot_core.status import OrderStatus
@@ -281,7 +281,13 @@ class History:
     def _fact_notional_since(self, since: dt.datetime, *, user_id: UserFilter = None,
                              connector: str | None = None) -> _Fact:
         shape, params = self._scope(user_id, connector)
-        return self._fact("notional", shape, {**params, "since": since})
+        return self._fact("notional", shape, {**params, "since": since,
+                                              "hour": _next_hour(since)})
+
+    def _fact_notional_since_rows(self, since: dt.datetime, *, user_id: UserFilter = None,
+                                  connector: str | None = None) -> _Fact:
+        shape, params = self._scope(user_id, connector)
+        return self._fact("notional_rows", shape, {**params, "since": since})
 
     def _fact_position(self, asset: str, *, user_id: UserFilter = None,
                        connector: str | None = None) -> _Fact:
@@ -332,8 +338,25 @@ class History:
                              connector: str | None = None) -> Decimal:
         """USD value of the orders created at or after ``since`` (see
         :func:`order_value_usd`): traded parts at ``filled * avg_price``, live remainders at
-        their share of the notional their checks saw."""
+        their share of the notional their checks saw.
+
+        The window's whole hours (from the first hour that starts at or after ``since``, with
+        no upper bound: a row another process's clock dated ahead counts) are read from the
+        ``notional_buckets`` aggregate (:mod:`bagbot_core.notional`), which every change of
+        a row's value updates in its own transaction; only the rows of the first, partial
+        hour are read and valued one by one. Equal, exactly, to
+        :meth:`notional_since_rows`.
+        """
         answer: Decimal = await self._answer(self._fact_notional_since(
+            since, user_id=user_id, connector=connector))
+        return answer
+
+    async def notional_since_rows(self, since: dt.datetime, *, user_id: UserFilter = None,
+                                  connector: str | None = None) -> Decimal:
+        """:meth:`notional_since` computed from every row of the window, without the
+        aggregate: the reference its tests compare against (and a cross-check after rows
+        were written behind the ORM). Its cost grows with the window's rows."""
+        answer: Decimal = await self._answer(self._fact_notional_since_rows(
             since, user_id=user_id, connector=connector))
         return answer
 
@@ -428,8 +451,9 @@ _STATES_SHAPE: Final = _Shape(user=True, connector=True, symbol=False)
 
 
 def _parts(kind: str) -> range:
-    """How many row sets a query reads (the exposure: the position's rows, the live ones)."""
-    return range(2 if kind == "exposure" else 1)
+    """How many row sets a query reads (the exposure: the position's rows, the live ones;
+    the notional: the buckets, the partial hour's rows)."""
+    return range(2 if kind in ("exposure", "notional") else 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -437,6 +461,9 @@ def _part_statements(kind: str, dialect: str, shape: _Shape, prefix: str = "") -
     """One statement per row set of a query (see :func:`_parts`)."""
     if kind == "exposure":
         return (_position_statement(shape, prefix), _statement("live", dialect, shape, prefix))
+    if kind == "notional":
+        return (_bucket_statement(dialect, shape, prefix),
+                _statement("notional", dialect, shape, prefix))
     if kind == "states":
         from bagbot_core.models import TradingStateRow
 
@@ -526,8 +553,16 @@ def _decode(connection: Connection, fact: _Fact, rows: list[list[Any]]) -> Any:
     kind = fact.kind
     if kind in ("open", "since"):
         return int(rows[0][0][0] or 0) if rows[0] else 0
-    if kind == "notional":
-        return _notional(connection, fact, rows[0])
+    if kind == "notional":  # the whole hours' buckets, then the first hour's rows
+        if connection.dialect.name == "postgresql":
+            buckets = Decimal(rows[0][0][0])
+        else:
+            buckets = _sum(Decimal(value) for value, in rows[0])
+        partial = _notional(connection, fact, rows[1], "notional_rest")
+        with decimal.localcontext(_EXACT):
+            return normalize(buckets + partial)
+    if kind == "notional_rows":
+        return _notional(connection, fact, rows[0], "notional_rows_rest")
     if kind == "position":
         return _sum(Decimal(quantity) for quantity, in rows[0])
     if kind == "live":
@@ -548,7 +583,9 @@ def _decode(connection: Connection, fact: _Fact, rows: list[list[Any]]) -> Any:
     raise ValueError(kind)
 
 
-def _notional(connection: Connection, fact: _Fact, first: list[Any]) -> Decimal:
+def _notional(connection: Connection, fact: _Fact, first: list[Any], rest_kind: str) -> Decimal:
+    """The value of the rows a notional statement fetched (SQLite), or its sum and the
+    rest it could not sum (PostgreSQL, fetched by ``rest_kind``'s statement)."""
     dialect = connection.dialect.name
     rows: Any
     if dialect == "postgresql":
@@ -556,7 +593,7 @@ def _notional(connection: Connection, fact: _Fact, first: list[Any]) -> Decimal:
         # or a column, and counts the rest (rare), fetched only if any.
         summed, rest = first[0]
         total = Decimal(summed)
-        rows = connection.execute(_statement("notional_rest", dialect, fact.shape),
+        rows = connection.execute(_statement(rest_kind, dialect, fact.shape),
                                   fact.params).all() if rest else []
     else:
         # SQLite keeps decimals as text: every product and the sum are exact here.
@@ -630,11 +667,15 @@ def _statement(kind: str, dialect: str, shape: _Shape, prefix: str = "") -> Any:
         return select(func.count()).select_from(Order).where(*where, _is_live())
     if kind == "since":
         return select(func.count()).select_from(Order).where(*where, since, not_rejected)
-    if kind in ("notional", "notional_rest"):
+    if kind in ("notional", "notional_rest", "notional_rows", "notional_rows_rest"):
         # Each row's kind, decided once per row: 0 unfilled (its live remainder's notional),
         # 1 filled at a USD price (filled * avg_price), 2 anything else (decided in Python
-        # by _value: rare).
+        # by _value: rare). "notional": the rows of the window's first, partial hour (the
+        # buckets hold the rest); "notional_rows": every row of the window.
         where += [since, not_rejected]
+        if kind in ("notional", "notional_rest"):
+            where.append(Order.created_at < bindparam("hour"))
+        rest = kind in ("notional_rest", "notional_rows_rest")
         is_live = _is_live()
         unfilled = Order.filled_qty == Decimal(0)
         row_kind = case((unfilled, 0), (and_(not_(is_live), Order.avg_price.is_not(None),
@@ -643,7 +684,7 @@ def _statement(kind: str, dialect: str, shape: _Shape, prefix: str = "") -> Any:
             # Unfilled rows that are no longer live count nothing: not even fetched.
             return select(row_kind, Order.status, Order.symbol, *_RAW_MONEY).where(
                 *where, not_(and_(unfilled, not_(is_live))))
-        if kind == "notional_rest":
+        if rest:
             return select(Order.status, Order.symbol, *_RAW_MONEY).where(*where, row_kind == 2)
         value = case((unfilled, case((is_live, func.coalesce(Order.notional_usd, 0)), else_=0)),
                      (row_kind == 1, Order.filled_qty * Order.avg_price), else_=None)
@@ -675,6 +716,29 @@ def _statement(kind: str, dialect: str, shape: _Shape, prefix: str = "") -> Any:
             or_(Order.qty == bindparam("amount"), Order.requested_qty == bindparam("amount")),
         ).order_by(Order.created_at.desc(), Order.id.desc())
     raise ValueError(kind)
+
+
+def _bucket_statement(dialect: str, shape: _Shape, prefix: str = "") -> Any:
+    """The ``notional_buckets`` of the window's whole hours: their values (SQLite: summed in
+    Python, exactly), or their sum (PostgreSQL: NUMERIC is exact)."""
+    def bindparam(name: str) -> Any:
+        return _bind(prefix + name)
+
+    table = NotionalBucket
+    where = [table.testnet == bindparam("testnet"), table.hour >= bindparam("hour")]
+    if shape.user:
+        where.append(table.user_id == bindparam("user_id"))
+    if shape.connector:
+        where.append(table.connector == bindparam("connector"))
+    if dialect == "postgresql":
+        return select(func.coalesce(func.sum(table.value), 0)).where(*where)
+    return select(_raw(table.value)).where(*where)
+
+
+def _next_hour(since: dt.datetime) -> dt.datetime:
+    """The first whole UTC hour at or after ``since`` (timezone-aware)."""
+    start = since.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return start if start == since else start + dt.timedelta(hours=1)
 
 
 def _is_live() -> ColumnElement[bool]:

@@ -116,11 +116,12 @@ class Order(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(128), index=True)
     symbol: Mapped[str] = mapped_column(String(64), index=True)
-    qty: Mapped[Decimal] = mapped_column(ExactDecimal())
+    # active_history on every column an order's value is made of: the old value is known
+    # on every change, so the aggregates (bagbot_core.positions, bagbot_core.notional) can
+    # take back what a row counted before it.
+    qty: Mapped[Decimal] = mapped_column(ExactDecimal(), active_history=True)
     price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     side: Mapped[str] = mapped_column(String(16))
-    # active_history: the old status is known on every change, so the position aggregate
-    # (bagbot_core.positions) can take back what a row counted before it.
     status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING.value,
                                         active_history=True)
     external_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
@@ -137,9 +138,11 @@ class Order(Base):
                                                 active_history=True)
     #: The amount the caller asked for; ``qty`` is what was sent after market rounding.
     requested_qty: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
-    avg_price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    avg_price: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True,
+                                                      active_history=True)
     #: The order's value in USD as its risk checks saw it (``None``: not valued in USD).
-    notional_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    notional_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True,
+                                                         active_history=True)
     exchange_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -218,6 +221,30 @@ class Position(Base):
     quantity: Mapped[Decimal] = mapped_column(ExactSum())
 
 
+class NotionalBucket(Base):
+    """The USD value (:func:`bagbot_core.history.order_value_usd`) of the orders created in
+    one UTC hour, per user, testnet flag, connector and symbol: the exact sum over the rows
+    whose ``created_at`` falls in ``[hour, hour + 1 h)``.
+
+    Maintained by :mod:`bagbot_core.notional` in the transaction that changes a row's value,
+    so the daily notional control reads a day's buckets instead of every row of the day.
+    """
+
+    __tablename__ = "notional_buckets"
+    __table_args__ = (
+        # Queries over every user (a connector-wide notional): the window's hours.
+        Index("ix_notional_buckets_testnet_hour", "testnet", "hour"),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    testnet: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    #: The hour's start (UTC, on the hour).
+    hour: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Decimal] = mapped_column(ExactSum())
+
+
 class ApiToken(Base):
     """One API token of ``bagbot serve`` (:mod:`bagbot_core.tokens`).
 
@@ -243,5 +270,6 @@ class ApiToken(Base):
         return f"<ApiToken id={self.id} user_id={self.user_id!r} admin={self.admin}>"
 
 
-# The position aggregate is kept by ORM events on Order: wherever Order is, they are too.
+# The aggregates are kept by ORM events on Order: wherever Order is, they are too.
+import bagbot_core.notional  # noqa: E402
 import bagbot_core.positions  # noqa: E402, F401

@@ -709,19 +709,22 @@ class Router:
 
     @staticmethod
     def _log_risk(log: Any, checks: Any, violations: list[RiskViolation]) -> None:
-        failed = {v.check: v for v in violations}
-        for check in checks:
-            violation = failed.get(check.name)
-            if violation is None:
-                log.info("risk_check", check=check.name, passed=True)
-            else:
-                log.warning("risk_check", check=check.name, passed=False,
-                            reason=violation.reason, limit=violation.limit,
-                            actual=violation.actual)
-        for violation in violations:
-            if violation.check not in {c.name for c in checks}:
-                log.warning("risk_check", check=violation.check, passed=False,
-                            reason=violation.reason)
+        # One write and flush for the check's events, all on disk when this returns (before
+        # the pending row, long before the send).
+        with audit.batch():
+            failed = {v.check: v for v in violations}
+            for check in checks:
+                violation = failed.get(check.name)
+                if violation is None:
+                    log.info("risk_check", check=check.name, passed=True)
+                else:
+                    log.warning("risk_check", check=check.name, passed=False,
+                                reason=violation.reason, limit=violation.limit,
+                                actual=violation.actual)
+            for violation in violations:
+                if violation.check not in {c.name for c in checks}:
+                    log.warning("risk_check", check=violation.check, passed=False,
+                                reason=violation.reason)
 
     async def _submit(
         self, runner: _Db, log: Any, connector: Connector, order: Order, request: OrderRequest

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from bagbot_core import positions
+from bagbot_core import notional, positions
 from bagbot_core.db import RELAXED_SYNC
 from bagbot_core.errors import OrderNotFoundError
 from bagbot_core.exchange_state import (
@@ -108,13 +108,28 @@ def insert_order(session: Session, *, commit: bool = True, **fields: Any) -> Ord
         values["status"] = OrderStatus.PENDING.value
     try:
         connection = session.connection()
-        if session.expire_on_commit:
-            # The row as the database holds it, so the commit's expiry costs no reload.
-            values = _loaded(connection.execute(_INSERT_ORDER_RETURNING, values).one())
+        bucket = notional.insert_of(values)
+        # With a session that expires on commit, the row comes back as the database holds
+        # it (RETURNING), so the commit's expiry costs no reload.
+        returning = session.expire_on_commit
+        if bucket is not None and connection.dialect.name == "postgresql":
+            # The row and its notional bucket in one round trip.
+            params = {**values, **notional.bucket_params(*bucket)}
+            if returning:
+                values = _loaded(connection.execute(
+                    _PG_INSERT_ORDER_AND_BUCKET_RETURNING, params).one())
+            else:
+                values["id"] = connection.execute(
+                    _PG_INSERT_ORDER_AND_BUCKET, params).scalar_one()
         else:
-            key = connection.execute(_INSERT_ORDER, values).inserted_primary_key
-            assert key is not None
-            values["id"] = key[0]
+            if returning:
+                values = _loaded(connection.execute(_INSERT_ORDER_RETURNING, values).one())
+            else:
+                key = connection.execute(_INSERT_ORDER, values).inserted_primary_key
+                assert key is not None
+                values["id"] = key[0]
+            if bucket is not None:
+                notional.add(connection, *bucket)
         positions.row_inserted(connection, values)
         for name, value in values.items():
             set_committed_value(order, name, value)
@@ -149,6 +164,10 @@ _INSERT_DEFAULTS.update(testnet=True, filled_qty=Decimal(0))
 _INSERT_ORDER = insert(_ORDERS)
 _INSERT_ORDER_RETURNING = _INSERT_ORDER.returning(*_ORDERS.columns)
 _COLUMN_KEYS = tuple(column.key for column in _ORDERS.columns)
+_INSERTED = (insert(_ORDERS).values({key: bindparam(key) for key in _INSERT_DEFAULTS})
+             .returning(*_ORDERS.columns).cte("inserted_order"))
+_PG_INSERT_ORDER_AND_BUCKET = select(_INSERTED.c.id).add_cte(notional.PG_BUCKET)
+_PG_INSERT_ORDER_AND_BUCKET_RETURNING = select(*_INSERTED.c).add_cte(notional.PG_BUCKET)
 
 
 def _loaded(row: Any) -> dict[str, Any]:
@@ -297,9 +316,9 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
                 durable: bool) -> None:
     """Write ``changes`` to ``order``'s row and commit (see :func:`commit`).
 
-    One Core ``UPDATE`` by primary key, and the position's change with it, when the session
-    holds nothing else to flush; the unit of work otherwise. The object takes the new values
-    once they are committed.
+    One Core ``UPDATE`` by primary key, and the position's and the notional bucket's change
+    with it, when the session holds nothing else to flush; the unit of work otherwise. The
+    object takes the new values once they are committed.
     """
     if (not changes or order not in session or session.new or session.deleted
             or session.dirty):
@@ -313,13 +332,23 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
         connection = session.connection()  # begins the transaction, relaxed if asked
         if not durable and connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        bucket = notional.change_of(order, changes)
+        params = {"order_id": order.id, **changes}
+        pg_bucket = bucket is not None and connection.dialect.name == "postgresql"
+        if pg_bucket:  # the row and its notional bucket in one round trip
+            assert bucket is not None
+            params.update(notional.bucket_params(*bucket))
         if session.expire_on_commit:
             # The commit expires the row: take it back as written, not by another SELECT.
-            row = _loaded(connection.execute(_UPDATE_ORDER_RETURNING,
-                                             {"order_id": order.id, **changes}).one())
+            row = _loaded(connection.execute(
+                _PG_UPDATE_ORDER_AND_BUCKET_RETURNING if pg_bucket else _UPDATE_ORDER_RETURNING,
+                params).one())
         else:
-            connection.execute(_UPDATE_ORDER, {"order_id": order.id, **changes})
+            connection.execute(_PG_UPDATE_ORDER_AND_BUCKET if pg_bucket else _UPDATE_ORDER,
+                               params)
             row = changes
+        if bucket is not None and not pg_bucket:
+            notional.add(connection, *bucket)
         after = positions.signed_fill(changes.get("status", order.status), order.side,
                                       changes.get("filled_qty", order.filled_qty))
         positions.row_changed(connection, order, after - before)
@@ -337,6 +366,8 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
 
 _UPDATE_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("order_id"))
 _UPDATE_ORDER_RETURNING = _UPDATE_ORDER.returning(*_ORDERS.columns)
+_PG_UPDATE_ORDER_AND_BUCKET = _UPDATE_ORDER.add_cte(notional.PG_BUCKET)
+_PG_UPDATE_ORDER_AND_BUCKET_RETURNING = _UPDATE_ORDER_RETURNING.add_cte(notional.PG_BUCKET)
 
 
 def _storable_answer(state: ExchangeOrder) -> dict[str, str | None]:

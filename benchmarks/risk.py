@@ -45,9 +45,9 @@ def seed(url: str, user: str, *, rows: int = SEED_ROWS, seed_value: int = 10) ->
     BTC/USDT and ETH/USDT, some canceled, rejected and open, as a live router leaves them."""
     from sqlalchemy import insert
 
+    from bagbot_core import notional, positions
     from bagbot_core.db import get_engine
     from bagbot_core.models import Order
-    from bagbot_core.positions import rebuild
 
     rng = random.Random(seed_value)
     now = dt.datetime.now(dt.UTC)
@@ -78,8 +78,10 @@ def seed(url: str, user: str, *, rows: int = SEED_ROWS, seed_value: int = 10) ->
     if batch:
         with engine.begin() as conn:
             conn.execute(insert(Order), batch)
-    with engine.begin() as conn:  # bulk inserts bypass the ORM events that keep positions
-        rebuild(conn)
+    with engine.begin() as conn:  # bulk inserts bypass the ORM events that keep the aggregates
+        positions.rebuild(conn)
+        notional.rebuild(conn)
     if engine.dialect.name == "postgresql":  # what autovacuum does to a table this size
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE orders")
+            conn.exec_driver_sql("VACUUM ANALYZE notional_buckets")

@@ -186,3 +186,78 @@ def test_json_lines_are_the_bytes_structlogs_own_renderer_writes(event: dict[str
     ours = structlog.processors.JSONRenderer(audit._dumps)(None, "info", dict(event))
     theirs = structlog.processors.JSONRenderer(sort_keys=False)(None, "info", dict(event))
     assert ours == theirs
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes and flushes, and what was flushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = self.flushes = 0
+        self.flushed = ""
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed = self.getvalue()
+
+
+def test_a_batch_writes_its_events_together_in_order_and_redacted() -> None:
+    stream = CountingStream()
+    audit.configure(fmt="json", stream=stream, force=True)
+    try:
+        log = audit.get_logger(user_id="u")
+
+        def burst() -> None:
+            with audit.batch():
+                for i in range(5):
+                    log.info("risk_check", check=f"c{i}", passed=True, api_secret="s3cr3t")
+                with audit.batch():  # inside another: written with the outer one
+                    log.warning("risk_check", check="inner", passed=False)
+                assert (stream.writes, stream.getvalue()) == (0, "")
+                raise RuntimeError("boom")  # an error still writes every event
+
+        with pytest.raises(RuntimeError, match="boom"):
+            burst()
+        # One write and one flush for the six events, all on disk when the block ended.
+        assert (stream.writes, stream.flushes) == (1, 1)
+        written = events(stream)
+        assert stream.flushed == stream.getvalue()
+        assert [e["check"] for e in written] == ["c0", "c1", "c2", "c3", "c4", "inner"]
+        assert all(e["user_id"] == "u" and e["event"] == "risk_check" for e in written)
+        assert all(e["api_secret"] == audit.REDACTED for e in written[:5])
+        assert "s3cr3t" not in stream.getvalue()
+        log.info("after")  # outside a batch: one write and flush per event again
+        assert (stream.writes, stream.flushes) == (2, 2)
+    finally:
+        audit.configure(force=True)
+
+
+async def test_risk_check_events_are_on_disk_before_the_pending_row(
+        router: Router, db: Session) -> None:
+    """The router's risk_check events are written in one go, and flushed before the order's
+    pending row is written (so before anything is sent)."""
+    from sqlalchemy import event
+
+    stream = CountingStream()
+    audit.configure(fmt="json", stream=stream, force=True)
+    seen_at_insert: list[str] = []
+
+    def before_insert(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "INSERT INTO orders" in statement and not seen_at_insert:
+            seen_at_insert.append(stream.flushed)
+
+    engine = db.get_bind()
+    event.listen(engine, "before_cursor_execute", before_insert)
+    try:
+        await router.route_order("scripted", MARKET_BUY, db, "alice")
+    finally:
+        event.remove(engine, "before_cursor_execute", before_insert)
+        audit.configure(force=True)
+    checks = [e for e in events(stream) if e["event"] == "risk_check"]
+    assert len(checks) > 1
+    flushed = [json.loads(line) for line in seen_at_insert[0].splitlines()]
+    assert [e for e in flushed if e["event"] == "risk_check"] == checks

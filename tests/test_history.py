@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from bagbot_core.db import get_async_engine, get_engine
 from bagbot_core.history import ALL_USERS, History, order_value_usd
-from bagbot_core.models import Order, Position, utcnow
+from bagbot_core.models import NotionalBucket, Order, Position, utcnow
 from bagbot_core.orders import OrderRequest, OrderType, Side
 from bagbot_core.status import OrderStatus
 
@@ -59,8 +59,9 @@ def rows(draw: Any) -> dict[str, Any]:
 
 
 def insert(db: Session, specs: list[dict[str, Any]]) -> None:
-    db.execute(delete(Order))  # behind the ORM: the position aggregate goes too
+    db.execute(delete(Order))  # behind the ORM: the aggregates go too
     db.execute(delete(Position))
+    db.execute(delete(NotionalBucket))
     for i, spec in enumerate(specs):
         db.add(Order(client_order_id=f"h{i}", updated_at=spec["created_at"], **spec))
     db.commit()

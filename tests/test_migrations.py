@@ -18,8 +18,9 @@ from bagbot_core.paper import models as _paper_models  # noqa: F401 - registers 
 def fresh_engine(url: str) -> object:
     engine = create_engine(url)
     with engine.begin() as conn:
-        for table in ("api_tokens", "positions", "trading_state_changes", "trading_states",
-                      "paper_orders", "paper_balances", "orders", "alembic_version"):
+        for table in ("notional_buckets", "api_tokens", "positions", "trading_state_changes",
+                      "trading_states", "paper_orders", "paper_balances", "orders",
+                      "alembic_version"):
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     return engine
 
@@ -132,4 +133,48 @@ def test_risk_history_revision_keeps_rows_and_adds_the_indexes(db_url: str) -> N
         (row,) = db.scalars(select(Order))
     # Written before notional_usd existed: not valued (History counts no live remainder).
     assert row.notional_usd is None and row.qty == Decimal("0.5")
+    engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_notional_buckets_revision_fills_them_from_the_rows(db_url: str) -> None:
+    import asyncio
+    import datetime as dt
+
+    from sqlalchemy import insert
+
+    from bagbot_core.history import History
+    from bagbot_core.models import NotionalBucket
+
+    engine = fresh_engine(db_url)
+    upgrade(engine, "0006")  # type: ignore[arg-type]
+    now = dt.datetime(2026, 11, 30, 12, 30, tzinfo=dt.UTC)
+    rows = []
+    for i in range(40):
+        status = ["filled", "open", "partially_filled", "canceled", "rejected"][i % 5]
+        qty = Decimal(i + 1) / 7 if i % 3 else Decimal("0.123456789012345678")
+        qty = qty.quantize(Decimal("0.000000000000000001"))
+        filled = {"filled": qty, "partially_filled": qty / 4, "canceled": qty / 3}.get(
+            status, Decimal(0)).quantize(Decimal("0.000000000000000001"))
+        created = now - dt.timedelta(minutes=47 * i)
+        rows.append({
+            "user_id": "uv"[i % 2], "connector": "c1",
+            "symbol": "ETH/BTC" if i % 4 == 3 else "BTC/USDT",
+            "side": "buy", "order_type": "limit", "qty": qty, "requested_qty": qty,
+            "price": Decimal("101.5"), "status": status, "testnet": True,
+            "filled_qty": filled, "avg_price": Decimal("101.5") if filled else None,
+            "notional_usd": None if i % 7 == 6 else qty * Decimal("101.5"),
+            "client_order_id": f"b{i}", "created_at": created, "updated_at": created})
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(insert(Order), rows)
+    upgrade(engine)  # type: ignore[arg-type]
+    with session_factory(engine)() as db:  # type: ignore[arg-type]
+        hours = {b.hour for b in db.scalars(select(NotionalBucket))}
+        assert len(hours) > 20 and all(h.minute == 0 and h.second == 0 for h in hours)
+        for since in (now - dt.timedelta(hours=24), now.replace(hour=0, minute=0),
+                      now - dt.timedelta(days=2, minutes=13)):
+            for user_id in ("u", "v"):
+                history = History(db, user_id, "c1", True)
+                assert asyncio.run(history.notional_since(since)) == asyncio.run(
+                    history.notional_since_rows(since)) > 0
+                db.commit()
     engine.dispose()  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from bagbot_core import store
 from bagbot_core.db import get_engine, session_factory
 from bagbot_core.history import History
-from bagbot_core.models import Order, Position
+from bagbot_core.models import NotionalBucket, Order, Position
 from bagbot_core.orders import ExchangeOrder
 from bagbot_core.positions import rebuild
 from bagbot_core.status import OrderStatus
@@ -82,6 +82,7 @@ def test_aggregate_equals_the_fills_recounted(db_url: str, specs: list[dict[str,
     try:
         db.execute(delete(Order))
         db.execute(delete(Position))
+        db.execute(delete(NotionalBucket))
         db.commit()
         rows = [store.insert_order(db, client_order_id=f"p{i}", order_type="limit",
                                    price=Decimal(100), requested_qty=spec["qty"], **spec)

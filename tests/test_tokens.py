@@ -255,13 +255,14 @@ def test_revision_0006_upgrades_and_downgrades(db_url: str) -> None:
     from sqlalchemy import inspect
 
     from bagbot_core.migrate import _config, current_revision, upgrade
+    from bagbot_core.migrations import HEAD
 
     engine = get_engine(db_url)
     with engine.begin() as conn:
         command.downgrade(_config(conn), "0005")
         assert "api_tokens" not in inspect(conn).get_table_names()
         assert current_revision(conn) == "0005"
-    assert upgrade(engine) == ("0005", "0006")
+    assert upgrade(engine) == ("0005", HEAD)
     with session_factory(engine)() as db:
         raw, made = create_token(db, "alice")
         assert authenticate(db, raw) == made

@@ -6,5 +6,5 @@ upgrade pays for Alembic.
 """
 
 #: The newest revision; bump it together with each new file in ``versions/``.
-HEAD = "0006"  # 0003: orders indexed for risk history; 0004: trading states; 0005: positions
-#                 0006: API tokens
+HEAD = "0007"  # 0003: orders indexed for risk history; 0004: trading states; 0005: positions;
+#                 0006: API tokens; 0007: notional buckets

@@ -160,8 +160,14 @@ def _child(point: str, index: int, url: str, server_url: str, user: str) -> None
     def _row_status(statement: str, parameters: Any, verb: str) -> str | None:
         """The status an INSERT/UPDATE of ``orders`` writes (``None``: another statement)."""
         prefix = "INSERT INTO ORDERS " if verb == "INSERT" else "UPDATE ORDERS "
-        if not statement.lstrip().upper().startswith(prefix):
+        upper = statement.lstrip().upper()
+        # The row's write alone, or after a WITH: on PostgreSQL the row's notional bucket is
+        # written by a common table expression of the same statement.
+        at = upper.find(prefix) if upper.startswith("WITH ") else (
+            0 if upper.startswith(prefix) else -1)
+        if at < 0:
             return None
+        statement = statement.lstrip()[at:]
         columns = (statement.split("(", 1)[1].split(")", 1)[0] if verb == "INSERT"
                    else statement.split(" SET ", 1)[1].split(" WHERE ", 1)[0])
         names = [c.split("=")[0].strip() for c in columns.split(",")]
