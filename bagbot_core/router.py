@@ -40,7 +40,7 @@ import attrs
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import OperationalError
 
-from bagbot_core import audit, store
+from bagbot_core import audit, store, write_gate
 from bagbot_core import group_commit as _group_commit
 from bagbot_core.connector import Connector, ConnectorSettings
 from bagbot_core.connector_config import (
@@ -125,10 +125,43 @@ class _Db:
     def __init__(self, db: Any) -> None:
         self.db = db
         self.is_async = hasattr(db, "run_sync")
+        #: On an async SQLite session: this loop's gate to the write lock
+        #: (:mod:`bagbot_core.write_gate`), held from a transaction's first statement to
+        #: its end.
+        self._gate = write_gate.gate_for(self.url()) if self.is_async else None
+        self._holding = False
+
+    async def _enter(self) -> None:
+        """Take the gate before a statement that begins a transaction."""
+        gate = self._gate
+        if gate is None or self._holding or self.db.in_transaction():
+            return
+        if gate.locked():
+            try:
+                await asyncio.wait_for(gate.acquire(), _gate_timeout())
+            except TimeoutError:  # a holder that does not end: SQLite's own lock decides
+                return
+        else:
+            await gate.acquire()  # free: taken without a wait
+        self._holding = True
+
+    def _leave(self) -> None:
+        """Give the gate back once no transaction is open."""
+        if self._holding and not self.db.in_transaction():
+            self._holding = False
+            assert self._gate is not None
+            self._gate.release()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self.is_async:
             return fn(self.db, *args, **kwargs)
+        await self._enter()
+        try:
+            return await self._run_async(fn, *args, **kwargs)
+        finally:
+            self._leave()
+
+    async def _run_async(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
         def call(session: Any) -> T:
             # A commit here must not expire what the caller holds: outside the greenlet an
@@ -157,7 +190,10 @@ class _Db:
 
     async def rollback(self) -> None:
         if self.is_async:
-            await self.db.rollback()
+            try:
+                await self.db.rollback()
+            finally:
+                self._leave()
         else:
             self.db.rollback()
 
@@ -167,6 +203,7 @@ class _Db:
         try:
             if self.is_async:
                 await self.db.commit()
+                self._leave()
             else:
                 self.db.commit()
         except Exception:
@@ -182,6 +219,11 @@ class _Db:
 
             url = _bind_urls[bind] = sync_url(bind.url.render_as_string(hide_password=False))
         return url
+
+
+def _gate_timeout() -> float:
+    """How long a transaction waits for the write gate: SQLite's busy timeout."""
+    return Settings.from_env(only=("sqlite_busy_timeout_ms",)).sqlite_busy_timeout_ms / 1000
 
 
 #: Engine -> its synchronous URL (an engine's URL never changes).
