@@ -15,11 +15,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, func
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from bagbot_core.money import decimal_text
 
-__all__ = ["FUNCTION", "add", "register"]
+__all__ = ["FUNCTION", "Upsert", "add", "register"]
 
 FUNCTION = "bagbot_decimal_add"
 _REGISTERED = "bagbot_decimal_add_registered"
@@ -50,3 +52,26 @@ def add(left: Any, right: Any) -> ColumnElement[Any]:
     connection that runs it)."""
     expression: ColumnElement[Any] = getattr(func, FUNCTION)(left, right, type_=left.type)
     return expression
+
+
+class Upsert:
+    """``INSERT`` a row of ``model``, or add its ``column`` to the row already at ``keys``:
+    one atomic statement on both backends (PostgreSQL adds NUMERIC values; SQLite adds
+    with :func:`add`). The statements are built once: building them per write costs more
+    than running them."""
+
+    def __init__(self, model: Any, keys: list[str], column: str) -> None:
+        target = getattr(model, column)
+        sqlite, postgres = sqlite_insert(model), pg_insert(model)
+        self._sqlite = sqlite.on_conflict_do_update(
+            index_elements=keys, set_={column: add(target, getattr(sqlite.excluded, column))})
+        self._postgres = postgres.on_conflict_do_update(
+            index_elements=keys, set_={column: target + getattr(postgres.excluded, column)})
+
+    def __call__(self, connection: Connection, row: dict[str, Any]) -> None:
+        """Write ``row`` in ``connection``'s transaction."""
+        if connection.dialect.name == "postgresql":
+            connection.execute(self._postgres, row)
+            return
+        register(connection)
+        connection.execute(self._sqlite, row)

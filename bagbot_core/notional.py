@@ -28,7 +28,6 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, event, insert, inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
 
 # The module, not the name: history imports models, which imports this module to register
@@ -73,23 +72,12 @@ def add(connection: Connection, key: Key, delta: Decimal) -> None:
     user_id, testnet, connector, symbol, hour = key
     row = {"user_id": user_id, "testnet": testnet, "connector": connector, "symbol": symbol,
            "hour": hour, "value": delta}
-    if connection.dialect.name == "postgresql":
-        connection.execute(_PG_UPSERT, row)
-        return
-    # SQLite would add the decimal texts as floats: bagbot's exact sum, as a SQL function.
-    exact_sum.register(connection)
-    connection.execute(_SQLITE_UPSERT, row)
+    _ADD(connection, row)
 
 
-# Built once: building the expressions per write costs more than running them.
-_SQLITE_UPSERT = sqlite_insert(NotionalBucket).on_conflict_do_update(
-    index_elements=["user_id", "testnet", "hour", "connector", "symbol"],
-    set_={"value": exact_sum.add(NotionalBucket.value,
-                                 sqlite_insert(NotionalBucket).excluded.value)})
+_ADD = exact_sum.Upsert(NotionalBucket, ["user_id", "testnet", "hour", "connector", "symbol"],
+                        "value")
 _UPSERT = pg_insert(NotionalBucket)
-_PG_UPSERT = _UPSERT.on_conflict_do_update(
-    index_elements=["user_id", "testnet", "hour", "connector", "symbol"],
-    set_={"value": NotionalBucket.value + _UPSERT.excluded.value})
 #: PostgreSQL: the upsert as a common table expression with parameters ``b_*``
 #: (:func:`bucket_params`), for the store to add to the statement that writes the row
 #: itself: one round trip for both.

@@ -23,8 +23,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, delete, event, insert, inspect, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bagbot_core import exact_sum
 from bagbot_core.models import Order, Position
@@ -66,22 +64,10 @@ def _add(connection: Connection, key: Key, delta: Decimal) -> None:
     user_id, testnet, asset, connector = key
     row = {"user_id": user_id, "testnet": testnet, "asset": asset, "connector": connector,
            "quantity": delta}
-    if connection.dialect.name == "postgresql":
-        connection.execute(_PG_UPSERT, row)
-        return
-    # SQLite would add the decimal texts as floats: bagbot's exact sum, as a SQL function.
-    exact_sum.register(connection)
-    connection.execute(_SQLITE_UPSERT, row)
+    _UPSERT(connection, row)
 
 
-# Built once: building the expressions per fill costs more than running them.
-_SQLITE_UPSERT = sqlite_insert(Position).on_conflict_do_update(
-    index_elements=["user_id", "testnet", "asset", "connector"],
-    set_={"quantity": exact_sum.add(Position.quantity,
-                                    sqlite_insert(Position).excluded.quantity)})
-_PG_UPSERT = pg_insert(Position).on_conflict_do_update(
-    index_elements=["user_id", "testnet", "asset", "connector"],
-    set_={"quantity": Position.quantity + pg_insert(Position).excluded.quantity})
+_UPSERT = exact_sum.Upsert(Position, ["user_id", "testnet", "asset", "connector"], "quantity")
 
 
 def _old(state: Any, name: str) -> Any:
