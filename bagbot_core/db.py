@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import NoSuchModuleError, OperationalError
+from sqlalchemy.exc import DisconnectionError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bagbot_core.errors import ConfigurationError
@@ -163,6 +164,44 @@ def _prepare_sqlite_path(url: str | URL) -> None:
             ) from None
 
 
+#: A pooled server connection used this recently is handed out without a ping.
+PING_BYPASS_SECONDS = 0.5
+_LAST_USED = "bagbot_last_used"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a server connection before it is handed out, unless it was in use within the
+    last :data:`PING_BYPASS_SECONDS`.
+
+    A connection the server or the network dropped (a restart, an idle timeout) is then
+    replaced before a transaction starts on it. SQLAlchemy's ``pool_pre_ping`` pings on
+    every checkout: two round trips per routed order, one per transaction. A connection
+    that answered half a second ago is alive but for a drop in that half second (the same
+    trade-off as HikariCP's ``aliveBypassWindowMs``), which fails its next statement with
+    a ``DatabaseUnavailable``-class error like any drop mid-transaction does.
+    """
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_LAST_USED)
+        if last is not None and time.monotonic() - last <= PING_BYPASS_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards the connection and checks out a new one.
+            raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
+        record.info[_LAST_USED] = time.monotonic()
+
+
 def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
     """A process-wide engine per URL (created once, then reused).
 
@@ -180,7 +219,8 @@ def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
             engine = _create(create_engine, parsed)
             _configure_sqlite(engine)
         else:
-            engine = _create(create_engine, parsed, pool_pre_ping=True)
+            engine = _create(create_engine, parsed)
+            _ping_when_idle(engine)
         if create_tables:
             try:
                 init_db(engine)
@@ -213,6 +253,8 @@ def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> A
     engine = _create(create_async_engine, parsed)
     if backend == "sqlite":
         _configure_sqlite(engine.sync_engine)
+    else:
+        _ping_when_idle(engine.sync_engine)
     if create_tables:
         # DDL runs once through the matching synchronous engine (same database, same tables).
         sync_driver = "sqlite" if backend == "sqlite" else "postgresql+psycopg"

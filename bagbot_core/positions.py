@@ -22,18 +22,20 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, insert, inspect, select
+from sqlalchemy import Connection, bindparam, delete, event, insert, inspect, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bagbot_core import exact_sum
 from bagbot_core.models import Order, Position
 from bagbot_core.money import normalize
 from bagbot_core.status import OrderStatus
 
-__all__ = ["asset_of", "rebuild", "signed_fill"]
+__all__ = ["EXACT", "PG_POSITION", "asset_of", "change_params", "rebuild", "signed_fill"]
 
 Key = tuple[str, bool, str, str]  # user_id, testnet, asset, connector
 
-_EXACT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999, traps=[decimal.Inexact])
+#: Exact arithmetic for position changes: an inexact result raises instead of rounding.
+EXACT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999, traps=[decimal.Inexact])
 _ZERO = Decimal(0)
 _REJECTED = OrderStatus.REJECTED.value
 _KEY_COLUMNS = ("user_id", "testnet", "symbol", "connector", "side")
@@ -68,6 +70,29 @@ def _add(connection: Connection, key: Key, delta: Decimal) -> None:
 
 
 _UPSERT = exact_sum.Upsert(Position, ["user_id", "testnet", "asset", "connector"], "quantity")
+_PG_UPSERT = pg_insert(Position)
+#: PostgreSQL: the upsert as a common table expression with parameters ``p_*``
+#: (:func:`change_params`), for the store to add to the statement that updates the row
+#: itself: one round trip for both.
+PG_POSITION = _PG_UPSERT.values(
+    user_id=bindparam("p_user_id"), testnet=bindparam("p_testnet"),
+    asset=bindparam("p_asset"), connector=bindparam("p_connector"),
+    quantity=bindparam("p_quantity"),
+).on_conflict_do_update(
+    index_elements=["user_id", "testnet", "asset", "connector"],
+    set_={"quantity": Position.quantity + _PG_UPSERT.excluded.quantity},
+).cte("position_change")
+
+
+def change_params(order: Order, delta: Decimal) -> dict[str, Any] | None:
+    """:data:`PG_POSITION`'s parameters for ``order``'s fill changing by ``delta``;
+    ``None`` when its position does not change."""
+    key = _key(order.user_id, order.testnet, order.symbol, order.connector)
+    if not delta or key is None:
+        return None
+    user_id, testnet, asset, connector = key
+    return {"p_user_id": user_id, "p_testnet": testnet, "p_asset": asset,
+            "p_connector": connector, "p_quantity": delta}
 
 
 def _old(state: Any, name: str) -> Any:
@@ -121,7 +146,7 @@ def _updated(_mapper: Any, connection: Connection, order: Order) -> None:
     after = signed_fill(order.status, order.side, order.filled_qty)
     key = _key(order.user_id, order.testnet, order.symbol, order.connector)
     if key is not None and before != after:
-        with decimal.localcontext(_EXACT):
+        with decimal.localcontext(EXACT):
             delta = after - before
         _add(connection, key, delta)
 
@@ -143,7 +168,7 @@ def rebuild(connection: Connection) -> None:
         Order.user_id, Order.testnet, Order.symbol, Order.connector, Order.side,
         Order.status, Order.filled_qty,
     ).where(Order.status != _REJECTED, Order.filled_qty != _ZERO))
-    with decimal.localcontext(_EXACT):
+    with decimal.localcontext(EXACT):
         for user_id, testnet, symbol, connector, side, status, filled in rows:
             key = _key(user_id, testnet, symbol, connector)
             if key is not None:

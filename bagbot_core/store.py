@@ -8,12 +8,14 @@ hold the file's write lock across that network call.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import functools
 import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -327,31 +329,37 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
         commit(session, durable=durable)
         return
     before = positions.signed_fill(order.status, order.side, order.filled_qty)
+    after = positions.signed_fill(changes.get("status", order.status), order.side,
+                                  changes.get("filled_qty", order.filled_qty))
+    with decimal.localcontext(positions.EXACT):
+        fill_delta = after - before
     token = None if durable else RELAXED_SYNC.set(True)
     try:
         connection = session.connection()  # begins the transaction, relaxed if asked
-        if not durable and connection.dialect.name == "postgresql":
-            connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
         bucket = notional.change_of(order, changes)
         params = {"order_id": order.id, **changes}
-        pg_bucket = bucket is not None and connection.dialect.name == "postgresql"
-        if pg_bucket:  # the row and its notional bucket in one round trip
-            assert bucket is not None
-            params.update(notional.bucket_params(*bucket))
-        if session.expire_on_commit:
-            # The commit expires the row: take it back as written, not by another SELECT.
-            row = _loaded(connection.execute(
-                _PG_UPDATE_ORDER_AND_BUCKET_RETURNING if pg_bucket else _UPDATE_ORDER_RETURNING,
-                params).one())
+        returning = session.expire_on_commit  # the commit expires the row: take it back
+        if connection.dialect.name == "postgresql":
+            # The row, its notional bucket, its position and the relaxed commit: one
+            # statement, one round trip.
+            position = positions.change_params(order, fill_delta)
+            if bucket is not None:
+                params.update(notional.bucket_params(*bucket))
+            if position is not None:
+                params.update(position)
+            statement = _pg_update(bucket is not None, position is not None, not durable,
+                                   returning)
+            result = connection.execute(statement, params)
+            row = _loaded(result.one()) if returning else changes
         else:
-            connection.execute(_PG_UPDATE_ORDER_AND_BUCKET if pg_bucket else _UPDATE_ORDER,
-                               params)
-            row = changes
-        if bucket is not None and not pg_bucket:
-            notional.add(connection, *bucket)
-        after = positions.signed_fill(changes.get("status", order.status), order.side,
-                                      changes.get("filled_qty", order.filled_qty))
-        positions.row_changed(connection, order, after - before)
+            if returning:  # as written, not by another SELECT
+                row = _loaded(connection.execute(_UPDATE_ORDER_RETURNING, params).one())
+            else:
+                connection.execute(_UPDATE_ORDER, params)
+                row = changes
+            if bucket is not None:
+                notional.add(connection, *bucket)
+            positions.row_changed(connection, order, fill_delta)
         session.commit()
     except BaseException:
         if session.in_transaction():
@@ -366,8 +374,24 @@ def _update_row(session: Session, order: Order, changes: dict[str, Any], *,
 
 _UPDATE_ORDER = update(_ORDERS).where(_ORDERS.c.id == bindparam("order_id"))
 _UPDATE_ORDER_RETURNING = _UPDATE_ORDER.returning(*_ORDERS.columns)
-_PG_UPDATE_ORDER_AND_BUCKET = _UPDATE_ORDER.add_cte(notional.PG_BUCKET)
-_PG_UPDATE_ORDER_AND_BUCKET_RETURNING = _UPDATE_ORDER_RETURNING.add_cte(notional.PG_BUCKET)
+#: ``SET LOCAL synchronous_commit = off`` as a value a statement reads (see commit()):
+#: an uncorrelated subquery, which PostgreSQL runs once, before the update.
+_PG_RELAXED = select(func.set_config("synchronous_commit", "off", True)).scalar_subquery()
+
+
+@functools.cache
+def _pg_update(bucket: bool, position: bool, relaxed: bool, returning: bool) -> Any:
+    """PostgreSQL: the row's ``UPDATE`` with what changes with it, as common table
+    expressions: the notional bucket (``b_*`` parameters), the position (``p_*``), and the
+    relaxed commit (the ``UPDATE`` reads its one row, so it runs first)."""
+    statement = _UPDATE_ORDER_RETURNING if returning else _UPDATE_ORDER
+    if bucket:
+        statement = statement.add_cte(notional.PG_BUCKET)
+    if position:
+        statement = statement.add_cte(positions.PG_POSITION)
+    if relaxed:
+        statement = statement.where(_PG_RELAXED.is_not(None))
+    return statement
 
 
 def _storable_answer(state: ExchangeOrder) -> dict[str, str | None]:

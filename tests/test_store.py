@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -303,3 +304,54 @@ def test_an_offset_past_any_row_is_an_empty_page(db: Session, offset: int) -> No
     make(db)
     assert store.list_orders(db, offset=offset) == []
     assert not db.in_transaction()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("expire_on_commit", [True, False])
+async def test_postgres_answer_is_one_statement_committed_relaxed(
+        router: Router, postgres_url: str, expire_on_commit: bool) -> None:
+    """On PostgreSQL the exchange's answer -- the row, its position, its notional bucket and
+    the relaxed commit -- is one statement; the commit it ends skips the flush; the
+    position and the bucket hold the fill."""
+    from sqlalchemy import event, select, text
+
+    from bagbot_core.models import NotionalBucket, Position
+
+    engine = get_engine(postgres_url)
+    user = new_client_order_id()  # a user of its own in the shared schema
+    statements: list[list[str]] = []
+    levels: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements[-1].append(" ".join(statement.split()).lower())
+
+    def began(_conn: object) -> None:
+        statements.append([])
+
+    def committing(conn: Any) -> None:
+        levels.append(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+    market = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.5"}
+    with Session(engine, expire_on_commit=expire_on_commit) as db:
+        for name, listener in (("before_cursor_execute", seen), ("begin", began),
+                               ("commit", committing)):
+            event.listen(engine, name, listener)
+        try:
+            order = await router.route_order("scripted", market, db, user)
+        finally:
+            for name, listener in (("before_cursor_execute", seen), ("begin", began),
+                                   ("commit", committing)):
+                event.remove(engine, name, listener)
+        assert order.status == "filled"
+        answer = statements[-1]
+        assert len(answer) == 2, answer  # the statement, and SHOW (this test's own)
+        assert answer[0].startswith("with ") and "set_config" in answer[0]
+        assert "insert into positions" in answer[0]
+        assert levels == ["on", "off"]  # the pending row's commit is durable, this one not
+        with session_factory(engine)() as fresh:
+            quantity = fresh.scalar(select(Position.quantity).where(Position.user_id == user))
+            value = fresh.scalar(select(NotionalBucket.value)
+                                 .where(NotionalBucket.user_id == user))
+            assert quantity == order.filled_qty == Decimal("0.5")
+            assert value == order.filled_qty * order.avg_price
+            assert fresh.execute(text("SHOW synchronous_commit")).scalar() == "on"
