@@ -202,6 +202,22 @@ def _ping_when_idle(engine: Engine) -> None:
         record.info[_LAST_USED] = time.monotonic()
 
 
+def _roll_back_open_transactions_on_return(engine: Engine) -> None:
+    """Reset a connection returned to the pool only when it is inside a transaction.
+
+    For an engine made with ``pool_reset_on_return=None``. A transaction left open would
+    hold SQLite's write lock; one that ended (committed or rolled back) needs no rollback.
+    """
+
+    @event.listens_for(engine, "reset")
+    def _reset(dbapi_conn: Any, _record: Any, state: Any) -> None:
+        if state.terminate_only or not state.asyncio_safe:
+            return  # discarded without a close handshake: nothing can be awaited
+        driver = getattr(dbapi_conn, "driver_connection", None)
+        if getattr(driver, "in_transaction", True):  # unknown: roll back, as the pool would
+            dbapi_conn.rollback()
+
+
 def get_engine(url: str | None = None, *, create_tables: bool = True) -> Engine:
     """A process-wide engine per URL (created once, then reused).
 
@@ -250,10 +266,14 @@ def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> A
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = _create(create_async_engine, parsed)
     if backend == "sqlite":
+        # The pool's rollback of every returned connection is a thread hop on aiosqlite:
+        # two per routed order, for connections whose transaction already ended.
+        engine = _create(create_async_engine, parsed, pool_reset_on_return=None)
         _configure_sqlite(engine.sync_engine)
+        _roll_back_open_transactions_on_return(engine.sync_engine)
     else:
+        engine = _create(create_async_engine, parsed)
         _ping_when_idle(engine.sync_engine)
     if create_tables:
         # DDL runs once through the matching synchronous engine (same database, same tables).
