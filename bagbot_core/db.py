@@ -269,7 +269,11 @@ def get_async_engine(url: str | None = None, *, create_tables: bool = True) -> A
     if backend == "sqlite":
         # The pool's rollback of every returned connection is a thread hop on aiosqlite:
         # two per routed order, for connections whose transaction already ended.
-        engine = _create(create_async_engine, parsed, pool_reset_on_return=None)
+        from bagbot_core import aiosqlite_hops
+
+        one_hop = aiosqlite_hops.dbapi()  # None: SQLAlchemy's own cursors
+        engine = _create(create_async_engine, parsed, pool_reset_on_return=None,
+                         **({} if one_hop is None else {"module": one_hop}))
         _configure_sqlite(engine.sync_engine)
         _roll_back_open_transactions_on_return(engine.sync_engine)
     else:
