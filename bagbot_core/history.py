@@ -190,6 +190,11 @@ class History:
             return await self._db.run_sync(fn, *args)  # type: ignore[no-any-return]
         return fn(self._db, *args)
 
+    def _session(self) -> Session:
+        """The synchronous ``Session`` (an ``AsyncSession``'s own): its transaction, read
+        without I/O, keys the answers."""
+        return self._db.sync_session if self._is_async else self._db  # type: ignore[no-any-return]
+
     def expect(self, query: str, *args: Any, **kwargs: Any) -> None:
         """Announce a query a check of this order will make (``query`` names a method of
         this class, with the arguments the check will pass): the first query of the
@@ -232,9 +237,13 @@ class History:
         first one's answers. A new transaction starts afresh. The first query of a
         transaction also fetches every query announced by :meth:`expect`.
         """
+        if fact.key in self._answers and self._transaction is not None \
+                and self._session().get_transaction() is self._transaction:
+            return self._answers[fact.key]  # no trip into the session (a greenlet, if async)
+
         def cached(session: Session) -> Any:
             connection = session.connection()
-            transaction = connection.get_transaction()
+            transaction = session.get_transaction()
             if transaction is not self._transaction:
                 self._transaction, self._answers = transaction, {}
             elif fact.key in self._answers:

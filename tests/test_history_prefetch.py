@@ -15,7 +15,7 @@ from sqlalchemy import delete, event
 from sqlalchemy.orm import Session
 
 from bagbot_core.history import ALL_USERS, History
-from bagbot_core.models import TradingStateRow
+from bagbot_core.models import Order, TradingStateRow
 from bagbot_core.orders import OrderRequest, OrderType, Side
 from bagbot_core.plugins import PluginRegistry
 from bagbot_core.risk_config import RiskConfig
@@ -221,3 +221,45 @@ async def test_announced_queries_on_an_async_session(db_url: str) -> None:
             assert await history.exposure("BTC", Side.BUY) == (Decimal("0.5"), Decimal("0.5"))
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_answers_are_kept_per_transaction(db_url: str, is_async: bool) -> None:
+    """Within one transaction a repeated query is answered from what was read, without a
+    statement; once the transaction ends, the next one reads afresh (rows committed in
+    between count)."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from bagbot_core.db import get_async_engine, get_engine
+    from tests.test_history import row
+
+    sync_engine = get_engine(db_url)
+    with Session(sync_engine) as db:
+        insert(db, [row()])
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    engine = get_async_engine(db_url) if is_async else sync_engine
+    target = engine.sync_engine if is_async else engine
+    event.listen(target, "before_cursor_execute", record)
+    try:
+        session: Any = (async_sessionmaker(engine)() if is_async  # type: ignore[arg-type]
+                        else Session(engine))
+        history = History(session, "u", "c1", True, now=NOW)
+        assert await history.open_orders() == 1
+        reads = len(sent)
+        assert await history.open_orders() == 1  # the same transaction: no statement
+        assert len(sent) == reads
+        await session.commit() if is_async else session.commit()
+        with Session(sync_engine) as other:  # another writer, between the transactions
+            other.add(Order(client_order_id="between", updated_at=NOW, **row()))
+            other.commit()
+        assert await history.open_orders() == 2  # a new transaction reads again
+        assert len(sent) > reads
+        await session.close() if is_async else session.close()
+    finally:
+        event.remove(target, "before_cursor_execute", record)
+        if is_async:
+            await engine.dispose()  # type: ignore[union-attr]
