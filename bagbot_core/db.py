@@ -178,7 +178,8 @@ def _ping_when_idle(engine: Engine) -> None:
     every checkout: two round trips per routed order, one per transaction. A connection
     that answered half a second ago is alive but for a drop in that half second (the same
     trade-off as HikariCP's ``aliveBypassWindowMs``), which fails its next statement with
-    a ``DatabaseUnavailable``-class error like any drop mid-transaction does.
+    SQLAlchemy's ``OperationalError`` (the service answers 503 ``DatabaseUnavailable``),
+    as any drop in the middle of a transaction does; the pool then replaces it.
     """
     @event.listens_for(engine, "connect")
     def _connected(_dbapi_conn: Any, record: Any) -> None:

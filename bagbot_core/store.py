@@ -381,9 +381,9 @@ _PG_RELAXED = select(func.set_config("synchronous_commit", "off", True)).scalar_
 
 @functools.cache
 def _pg_update(bucket: bool, position: bool, relaxed: bool, returning: bool) -> Any:
-    """PostgreSQL: the row's ``UPDATE`` with what changes with it, as common table
-    expressions: the notional bucket (``b_*`` parameters), the position (``p_*``), and the
-    relaxed commit (the ``UPDATE`` reads its one row, so it runs first)."""
+    """PostgreSQL: the row's ``UPDATE`` with what changes with it: the notional bucket
+    (``b_*`` parameters) and the position (``p_*``) as common table expressions, the
+    relaxed commit as :data:`_PG_RELAXED` in its ``WHERE``."""
     statement = _UPDATE_ORDER_RETURNING if returning else _UPDATE_ORDER
     if bucket:
         statement = statement.add_cte(notional.PG_BUCKET)
