@@ -38,7 +38,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bagbot_core import audit, store, write_gate
 from bagbot_core import group_commit as _group_commit
@@ -810,9 +810,8 @@ class Router:
         try:
             # The pending row is already durable; this answer, if a power loss dropped
             # it, is fetched again by reconcile: one disk flush less per order.
-            decision = await runner.run(
-                store.apply_exchange_state, order, state, durable=False,
-                market_buy_tolerance=connector.market_buy_tolerance)
+            decision = await self._record_answer(runner, log, order, state,
+                                                 connector.market_buy_tolerance)
         except Exception as error:
             # The exchange has the order but we could not record its answer: the row stays
             # pending and reconcile will fetch it.
@@ -824,6 +823,29 @@ class Router:
             unknown.__cause__ = error
             raise unknown from error
         return await self._answered(log, order, old, state, decision)
+
+    @staticmethod
+    async def _record_answer(runner: _Db, log: Any, order: Order, state: ExchangeOrder,
+                             tolerance: Decimal) -> Any:
+        """Record the exchange's answer (relaxed commit, see ``store.commit``).
+
+        A pooled connection dropped since the pending row's commit (a database restart, a
+        cut connection) fails the answer's first statement; nothing of its transaction was
+        written, so it is written once more, on a new connection. The order is on the
+        exchange: one lost connection must not leave it ``pending`` for reconcile.
+        """
+        try:
+            return await runner.run(store.apply_exchange_state, order, state, durable=False,
+                                    market_buy_tolerance=tolerance)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            log.warning("answer_retried", reason="database connection lost",
+                        error=type(error.orig).__name__)
+            if runner.db.in_transaction():
+                await runner.rollback()
+            return await runner.run(store.apply_exchange_state, order, state, durable=False,
+                                    market_buy_tolerance=tolerance)
 
     async def _answered(self, log: Any, order: Order, old: OrderStatus, state: ExchangeOrder,
                         decision: Any) -> Order:

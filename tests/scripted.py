@@ -57,6 +57,9 @@ class ScriptedExchange:
     quote_calls: int = 0
     #: Raised by ``fetch_quote`` while set (the exchange's ticker is down).
     quote_error: Exception | None = None
+    #: Called once an order is accepted, before the answer is returned (a fault between
+    #: the exchange taking the order and bagbot recording it).
+    after_accept: Any = None
     ids: Any = attrs.Factory(lambda: itertools.count(1000))
 
     def script(self, *behaviours: str) -> None:
@@ -107,6 +110,8 @@ class ScriptedConnector(Connector):
             state = ExchangeOrder(external_id, client_order_id, OrderStatus.OPEN, order.symbol,
                                   amount=order.amount, price=order.price, raw_status="NEW")
         ex.placed[client_order_id] = Placed(order, client_order_id, state)
+        if ex.after_accept is not None:
+            ex.after_accept()
         if behaviour == "timeout_after_accept":
             raise ExchangeUnavailableError("RequestTimeout: the response never came back")
         return state

@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from bagbot_core import db as bagbot_db
-from bagbot_core.db import get_async_engine, get_engine
+from bagbot_core.db import dispose_engines, get_async_engine, get_engine
 
 pytestmark = pytest.mark.postgres
 
@@ -108,3 +108,61 @@ def test_the_async_engine_replaces_a_dropped_idle_connection(
             await engine.dispose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_an_answer_survives_a_connection_dropped_after_the_send(
+        postgres_url: str, is_async: bool) -> None:
+    """The database drops the router's connections while the exchange takes the order;
+    the answer's transaction starts on one of them (in use a moment ago: no ping), fails,
+    and is written once more on a new one: the row is ``filled``, not left ``pending``."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    from bagbot_core import store
+    from bagbot_core.db import session_factory
+    from bagbot_core.plugins import PluginRegistry
+    from bagbot_core.risk import RiskLimits
+    from bagbot_core.router import Router
+    from tests.scripted import ScriptedExchange, scripted_plugin
+
+    exchange = ScriptedExchange()
+    router = Router(PluginRegistry(load_entrypoints=False, disabled=(),
+                                   plugins=[("scripted", scripted_plugin(exchange))]),
+                    limits=RiskLimits(), allow_live=False)
+    # Fresh engines, every connection they open recorded: only these are dropped.
+    pids: set[int] = set()
+
+    def opened(dbapi_conn: Any, _record: Any) -> None:
+        pids.add(int(getattr(dbapi_conn, "driver_connection", dbapi_conn).info.backend_pid))
+
+    dispose_engines()
+    event.listen(Engine, "connect", opened)
+    sync_engine = get_engine(postgres_url)
+    async_engine = get_async_engine(postgres_url, create_tables=False) if is_async else None
+
+    def drop_all() -> None:
+        assert pids, "no connection to drop"
+        for pid in list(pids):  # the killer's own connection is recorded as it opens
+            _terminate(postgres_url, pid)
+
+    exchange.after_accept = drop_all
+    market = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.5"}
+    try:
+        if async_engine is not None:
+            async with AsyncSession(async_engine) as session:
+                order = await router.route_order("scripted", market, session, "drop-u")
+        else:
+            with Session(sync_engine) as session:
+                order = await router.route_order("scripted", market, session, "drop-u")
+        assert order.status == "filled"
+        assert exchange.create_calls == 1
+        sync_engine.dispose()  # its pooled connections were dropped too, a moment ago
+        with session_factory(sync_engine)() as fresh:
+            assert store.get_order(fresh, order.id).status == "filled"
+    finally:
+        event.remove(Engine, "connect", opened)
+        await router.aclose()
+        if async_engine is not None:
+            await async_engine.dispose()
+        dispose_engines()  # no dropped connection left in a pool for the next test
