@@ -688,10 +688,7 @@ class Router:
         """
         try:
             try:
-                if relaxed:
-                    await runner.run(_group_commit.begin_relaxed, lock_user, inputs.user_id)
-                else:
-                    await runner.run(lock_user, inputs.user_id)
+                await self._lock(runner, log, inputs.user_id, relaxed=relaxed)
             except Exception as error:
                 raise _DatabaseFailed(error) from error
             # One instant for every check of the order, taken once the lock is held.
@@ -715,6 +712,32 @@ class Router:
                 await runner.rollback()
             raise
         return prepared, order
+
+    @staticmethod
+    async def _lock(runner: _Db, log: Any, user_id: str, *, relaxed: bool) -> None:
+        """Begin the atomic step's transaction holding the user's lock.
+
+        A pooled connection the database dropped (a restart, a cut connection: pings are
+        skipped for connections used within the last half second, see
+        :data:`bagbot_core.db.PING_BYPASS_SECONDS`) fails this first statement; nothing
+        was written, so it is tried once more, on a new connection.
+        """
+        async def attempt() -> None:
+            if relaxed:
+                await runner.run(_group_commit.begin_relaxed, lock_user, user_id)
+            else:
+                await runner.run(lock_user, user_id)
+
+        try:
+            await attempt()
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            log.warning("lock_retried", reason="database connection lost",
+                        error=type(error.orig).__name__)
+            if runner.db.in_transaction():
+                await runner.rollback()
+            await attempt()
 
     async def _check(
         self, connector: Connector, log: Any, inputs: _Inputs, history: History | None,

@@ -166,3 +166,63 @@ async def test_an_answer_survives_a_connection_dropped_after_the_send(
         if async_engine is not None:
             await async_engine.dispose()
         dispose_engines()  # no dropped connection left in a pool for the next test
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_an_order_survives_connections_dropped_before_it(
+        postgres_url: str, is_async: bool) -> None:
+    """The database drops the router's pooled connections between two orders (less than
+    half a second apart: no ping); the second order's first statement fails on a dead
+    connection and its atomic step begins again on a new one: routed, one row."""
+    from sqlalchemy import func, select
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    from bagbot_core.db import session_factory
+    from bagbot_core.models import Order
+    from bagbot_core.plugins import PluginRegistry
+    from bagbot_core.risk import RiskLimits
+    from bagbot_core.router import Router
+    from tests.scripted import ScriptedExchange, scripted_plugin
+
+    exchange = ScriptedExchange()
+    router = Router(PluginRegistry(load_entrypoints=False, disabled=(),
+                                   plugins=[("scripted", scripted_plugin(exchange))]),
+                    limits=RiskLimits(), allow_live=False)
+    pids: set[int] = set()
+
+    def opened(dbapi_conn: Any, _record: Any) -> None:
+        pids.add(int(getattr(dbapi_conn, "driver_connection", dbapi_conn).info.backend_pid))
+
+    dispose_engines()
+    event.listen(Engine, "connect", opened)
+    sync_engine = get_engine(postgres_url)
+    async_engine = get_async_engine(postgres_url, create_tables=False) if is_async else None
+    market = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.5"}
+    user = f"drop-{'async' if is_async else 'sync'}"  # the schema is shared by the tests
+
+    async def route() -> Any:
+        if async_engine is not None:
+            async with AsyncSession(async_engine) as session:
+                return await router.route_order("scripted", market, session, user)
+        with Session(sync_engine) as session:
+            return await router.route_order("scripted", market, session, user)
+
+    try:
+        first = await route()
+        for pid in list(pids):
+            _terminate(postgres_url, pid)
+        second = await route()
+        assert (first.status, second.status) == ("filled", "filled")
+        assert exchange.create_calls == 2
+        sync_engine.dispose()
+        with session_factory(sync_engine)() as fresh:
+            rows = fresh.scalar(select(func.count()).select_from(Order)
+                                .where(Order.user_id == user))
+            assert rows == 2
+    finally:
+        event.remove(Engine, "connect", opened)
+        await router.aclose()
+        if async_engine is not None:
+            await async_engine.dispose()
+        dispose_engines()
