@@ -178,8 +178,10 @@ def _ping_when_idle(engine: Engine) -> None:
     every checkout: two round trips per routed order, one per transaction. A connection
     that answered half a second ago is alive but for a drop in that half second (the same
     trade-off as HikariCP's ``aliveBypassWindowMs``), which fails its next statement with
-    SQLAlchemy's ``OperationalError`` (the service answers 503 ``DatabaseUnavailable``),
-    as any drop in the middle of a transaction does; the pool then replaces it.
+    SQLAlchemy's ``OperationalError`` (``connection_invalidated`` set), as any drop in
+    the middle of a transaction does, and the pool replaces it. The router tries its
+    first statement of a step once more on such an error (see ``Router._lock`` and
+    ``Router._record_answer``).
     """
     @event.listens_for(engine, "connect")
     def _connected(_dbapi_conn: Any, record: Any) -> None:
