@@ -230,6 +230,27 @@ def _gate_timeout() -> float:
 _bind_urls: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
+async def _on_a_live_connection(runner: _Db, log: Any, event: str,
+                                attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()``, once more if its first statement met a pooled connection the database
+    had dropped (a restart, a cut connection; pings are skipped for connections used within
+    the last half second, see :data:`bagbot_core.db.PING_BYPASS_SECONDS`).
+
+    For a step whose transaction writes nothing before that statement fails: the rollback
+    leaves nothing behind, and the second try runs on a new connection. ``event`` is the
+    audit event that records the retry.
+    """
+    try:
+        return await attempt()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.warning(event, reason="database connection lost", error=type(error.orig).__name__)
+        if runner.db.in_transaction():
+            await runner.rollback()
+        return await attempt()
+
+
 def _flusher(runner: _Db) -> _group_commit.Flusher | None:
     """The group flusher of the session's SQLite file; ``None`` for any other database:
     the pending row then commits with its own flush (PostgreSQL's server group-commits)."""
@@ -715,12 +736,8 @@ class Router:
 
     @staticmethod
     async def _lock(runner: _Db, log: Any, user_id: str, *, relaxed: bool) -> None:
-        """Begin the atomic step's transaction holding the user's lock.
-
-        A pooled connection the database dropped (a restart, a cut connection: pings are
-        skipped for connections used within the last half second, see
-        :data:`bagbot_core.db.PING_BYPASS_SECONDS`) fails this first statement; nothing
-        was written, so it is tried once more, on a new connection.
+        """Begin the atomic step's transaction holding the user's lock; nothing is written
+        yet, so a dropped connection costs one more try (see :func:`_on_a_live_connection`).
         """
         async def attempt() -> None:
             if relaxed:
@@ -728,16 +745,7 @@ class Router:
             else:
                 await runner.run(lock_user, user_id)
 
-        try:
-            await attempt()
-        except DBAPIError as error:
-            if not error.connection_invalidated:
-                raise
-            log.warning("lock_retried", reason="database connection lost",
-                        error=type(error.orig).__name__)
-            if runner.db.in_transaction():
-                await runner.rollback()
-            await attempt()
+        await _on_a_live_connection(runner, log, "lock_retried", attempt)
 
     async def _check(
         self, connector: Connector, log: Any, inputs: _Inputs, history: History | None,
@@ -850,25 +858,14 @@ class Router:
     @staticmethod
     async def _record_answer(runner: _Db, log: Any, order: Order, state: ExchangeOrder,
                              tolerance: Decimal) -> Any:
-        """Record the exchange's answer (relaxed commit, see ``store.commit``).
+        """Record the exchange's answer (relaxed commit, see ``store.commit``). The order
+        is on the exchange: a dropped connection must not leave it ``pending`` for
+        reconcile, so it costs one more try (see :func:`_on_a_live_connection`)."""
+        async def attempt() -> Any:
+            return await runner.run(store.apply_exchange_state, order, state, durable=False,
+                                    market_buy_tolerance=tolerance)
 
-        A pooled connection dropped since the pending row's commit (a database restart, a
-        cut connection) fails the answer's first statement; nothing of its transaction was
-        written, so it is written once more, on a new connection. The order is on the
-        exchange: one lost connection must not leave it ``pending`` for reconcile.
-        """
-        try:
-            return await runner.run(store.apply_exchange_state, order, state, durable=False,
-                                    market_buy_tolerance=tolerance)
-        except DBAPIError as error:
-            if not error.connection_invalidated:
-                raise
-            log.warning("answer_retried", reason="database connection lost",
-                        error=type(error.orig).__name__)
-            if runner.db.in_transaction():
-                await runner.rollback()
-            return await runner.run(store.apply_exchange_state, order, state, durable=False,
-                                    market_buy_tolerance=tolerance)
+        return await _on_a_live_connection(runner, log, "answer_retried", attempt)
 
     async def _answered(self, log: Any, order: Order, old: OrderStatus, state: ExchangeOrder,
                         decision: Any) -> Order:

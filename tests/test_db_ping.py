@@ -8,12 +8,16 @@ transaction, two per routed order).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from bagbot_core import db as bagbot_db
 from bagbot_core.db import dispose_engines, get_async_engine, get_engine
@@ -110,17 +114,14 @@ def test_the_async_engine_replaces_a_dropped_idle_connection(
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("is_async", [False, True])
-async def test_an_answer_survives_a_connection_dropped_after_the_send(
-        postgres_url: str, is_async: bool) -> None:
-    """The database drops the router's connections while the exchange takes the order;
-    the answer's transaction starts on one of them (in use a moment ago: no ping), fails,
-    and is written once more on a new one: the row is ``filled``, not left ``pending``."""
+@contextlib.asynccontextmanager
+async def _routing(url: str, is_async: bool, user: str) -> AsyncIterator[Any]:
+    """A router over fresh engines whose every connection is recorded, so that ``drop()``
+    terminates exactly those (the engines are disposed of afterwards: no dropped
+    connection stays pooled for the next test). ``route()`` routes one market buy."""
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-    from bagbot_core import store
-    from bagbot_core.db import session_factory
     from bagbot_core.plugins import PluginRegistry
     from bagbot_core.risk import RiskLimits
     from bagbot_core.router import Router
@@ -130,76 +131,21 @@ async def test_an_answer_survives_a_connection_dropped_after_the_send(
     router = Router(PluginRegistry(load_entrypoints=False, disabled=(),
                                    plugins=[("scripted", scripted_plugin(exchange))]),
                     limits=RiskLimits(), allow_live=False)
-    # Fresh engines, every connection they open recorded: only these are dropped.
     pids: set[int] = set()
 
     def opened(dbapi_conn: Any, _record: Any) -> None:
         pids.add(int(getattr(dbapi_conn, "driver_connection", dbapi_conn).info.backend_pid))
 
-    dispose_engines()
-    event.listen(Engine, "connect", opened)
-    sync_engine = get_engine(postgres_url)
-    async_engine = get_async_engine(postgres_url, create_tables=False) if is_async else None
-
-    def drop_all() -> None:
+    def drop() -> None:
         assert pids, "no connection to drop"
         for pid in list(pids):  # the killer's own connection is recorded as it opens
-            _terminate(postgres_url, pid)
+            _terminate(url, pid)
 
-    exchange.after_accept = drop_all
     market = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.5"}
-    try:
-        if async_engine is not None:
-            async with AsyncSession(async_engine) as session:
-                order = await router.route_order("scripted", market, session, "drop-u")
-        else:
-            with Session(sync_engine) as session:
-                order = await router.route_order("scripted", market, session, "drop-u")
-        assert order.status == "filled"
-        assert exchange.create_calls == 1
-        sync_engine.dispose()  # its pooled connections were dropped too, a moment ago
-        with session_factory(sync_engine)() as fresh:
-            assert store.get_order(fresh, order.id).status == "filled"
-    finally:
-        event.remove(Engine, "connect", opened)
-        await router.aclose()
-        if async_engine is not None:
-            await async_engine.dispose()
-        dispose_engines()  # no dropped connection left in a pool for the next test
-
-
-@pytest.mark.parametrize("is_async", [False, True])
-async def test_an_order_survives_connections_dropped_before_it(
-        postgres_url: str, is_async: bool) -> None:
-    """The database drops the router's pooled connections between two orders (less than
-    half a second apart: no ping); the second order's first statement fails on a dead
-    connection and its atomic step begins again on a new one: routed, one row."""
-    from sqlalchemy import func, select
-    from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.orm import Session
-
-    from bagbot_core.db import session_factory
-    from bagbot_core.models import Order
-    from bagbot_core.plugins import PluginRegistry
-    from bagbot_core.risk import RiskLimits
-    from bagbot_core.router import Router
-    from tests.scripted import ScriptedExchange, scripted_plugin
-
-    exchange = ScriptedExchange()
-    router = Router(PluginRegistry(load_entrypoints=False, disabled=(),
-                                   plugins=[("scripted", scripted_plugin(exchange))]),
-                    limits=RiskLimits(), allow_live=False)
-    pids: set[int] = set()
-
-    def opened(dbapi_conn: Any, _record: Any) -> None:
-        pids.add(int(getattr(dbapi_conn, "driver_connection", dbapi_conn).info.backend_pid))
-
     dispose_engines()
     event.listen(Engine, "connect", opened)
-    sync_engine = get_engine(postgres_url)
-    async_engine = get_async_engine(postgres_url, create_tables=False) if is_async else None
-    market = {"symbol": "BTC/USDT", "side": "buy", "type": "market", "amount": "0.5"}
-    user = f"drop-{'async' if is_async else 'sync'}"  # the schema is shared by the tests
+    sync_engine = get_engine(url)
+    async_engine = get_async_engine(url, create_tables=False) if is_async else None
 
     async def route() -> Any:
         if async_engine is not None:
@@ -208,21 +154,58 @@ async def test_an_order_survives_connections_dropped_before_it(
         with Session(sync_engine) as session:
             return await router.route_order("scripted", market, session, user)
 
-    try:
-        first = await route()
-        for pid in list(pids):
-            _terminate(postgres_url, pid)
-        second = await route()
-        assert (first.status, second.status) == ("filled", "filled")
-        assert exchange.create_calls == 2
-        sync_engine.dispose()
+    def stored(order_id: int) -> Any:
+        from bagbot_core import store
+        from bagbot_core.db import session_factory
+
+        sync_engine.dispose()  # its pooled connections were dropped too
         with session_factory(sync_engine)() as fresh:
-            rows = fresh.scalar(select(func.count()).select_from(Order)
-                                .where(Order.user_id == user))
-            assert rows == 2
+            return store.get_order(fresh, order_id)
+
+    try:
+        yield SimpleNamespace(exchange=exchange, route=route, drop=drop, stored=stored,
+                              engine=sync_engine)
     finally:
         event.remove(Engine, "connect", opened)
         await router.aclose()
         if async_engine is not None:
             await async_engine.dispose()
         dispose_engines()
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_an_answer_survives_a_connection_dropped_after_the_send(
+        postgres_url: str, is_async: bool) -> None:
+    """The database drops the router's connections while the exchange takes the order;
+    the answer's transaction starts on one of them (in use a moment ago: no ping), fails,
+    and is written once more on a new one: the row is ``filled``, not left ``pending``."""
+    async with _routing(postgres_url, is_async, f"answer-{is_async}") as routing:
+        routing.exchange.after_accept = routing.drop
+        order = await routing.route()
+        assert order.status == "filled"
+        assert routing.exchange.create_calls == 1
+        assert routing.stored(order.id).status == "filled"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_an_order_survives_connections_dropped_before_it(
+        postgres_url: str, is_async: bool) -> None:
+    """The database drops the router's pooled connections between two orders (less than
+    half a second apart: no ping); the second order's first statement fails on a dead
+    connection and its atomic step begins again on a new one: routed, one row each."""
+    from sqlalchemy import func, select
+
+    from bagbot_core.models import Order
+
+    user = f"before-{is_async}"  # the schema is shared by the tests
+    async with _routing(postgres_url, is_async, user) as routing:
+        first = await routing.route()
+        routing.drop()
+        second = await routing.route()
+        assert (first.status, second.status) == ("filled", "filled")
+        assert routing.exchange.create_calls == 2
+        assert routing.stored(second.id).status == "filled"
+        with Session(routing.engine) as fresh:
+            count = fresh.scalar(select(func.count()).select_from(Order)
+                                 .where(Order.user_id == user))
+        assert count == 2
